@@ -1,0 +1,102 @@
+"""The `wsiseg` command: Lightning's fit/validate/test/predict plus the suite's own tools.
+
+Bad input raises `InputError`; here it becomes one line on stderr and a non-zero exit. The
+traceback is shown only with `--debug` (or WSISEG_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from datamodules.errors import InputError
+
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (LightningCLI: --config experiments/<exp>.yaml)",
+    "validate": "run one validation epoch on a checkpoint",
+    "test": "evaluate a checkpoint on the test split",
+    "predict": "run predict_step over a DataModule's predict split",
+}
+
+
+def _tool_commands() -> dict:
+    """Extra subcommands: name -> (module, one-line help). Imported lazily to keep --help fast."""
+    return {
+        "synth": ("lightning_modules.commands.synth", "generate the synthetic benchmark slides"),
+        "info": ("lightning_modules.commands.info", "describe a slide (and its annotations)"),
+    }
+
+
+def _usage() -> str:
+    lines = [
+        "usage: wsiseg [--debug] COMMAND [options]",
+        "",
+        "Whole-slide-image segmentation experiments (DMMN, DA-RefineNet, RAZN, smp baselines).",
+        "",
+        "training and evaluation (PyTorch Lightning CLI; models and data chosen by class_path):",
+    ]
+    lines += [f"  {name:<10} {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += ["", "tools:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in _tool_commands().items()]
+    lines += [
+        "",
+        "options:",
+        "  --debug    show the full traceback when something fails",
+        "",
+        "examples:",
+        "  wsiseg fit --config experiments/dmmn_m3.yaml",
+        "  wsiseg synth --out data/synthetic",
+        "  wsiseg info ../shared/data/real/small_HE.svs",
+        "",
+        "Run 'wsiseg COMMAND --help' for a command's options.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("WSISEG_DEBUG") == "1"
+    if "--debug" in argv:
+        argv.remove("--debug")
+        debug = True
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in LIGHTNING_COMMANDS:
+            from .lightning_cli import run_lightning
+
+            run_lightning([command, *rest])
+            return 0
+        tools = _tool_commands()
+        if command not in tools:
+            print(f"wsiseg: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+            return 2
+        import importlib
+
+        module = importlib.import_module(tools[command][0])
+        return int(module.main(rest) or 0)
+    except InputError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"wsiseg {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wsiseg {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an unexpected failure: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        where = "" if debug else " (run with --debug for the traceback)"
+        print(f"wsiseg {command}: failed: {type(err).__name__}: {err}{where}", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -112,12 +112,19 @@ def _first_value(attributes) -> str:
     return ""
 
 
+def _ellipse(corners) -> list[tuple[float, float]]:
+    (xa, ya), (xb, yb) = corners
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    xs = (xa + xb) / 2 + abs(xb - xa) / 2 * np.cos(t)
+    return list(zip(xs, (ya + yb) / 2 + abs(yb - ya) / 2 * np.sin(t), strict=True))
+
+
 def _read_aperio(root, out: _Collector) -> None:
     for annotation in root.findall("Annotation"):
         layer = (annotation.get("Name") or "").strip() or _first_value(
             annotation.find("Attributes")
         )
-        kept, negative = [], []
+        start, negative = len(out.regions), []
         for region in annotation.findall("Regions/Region"):
             label = (region.get("Text") or "").strip() or _first_value(region.find("Attributes"))
             points = [
@@ -125,26 +132,16 @@ def _read_aperio(root, out: _Collector) -> None:
                 for v in region.findall("Vertices/Vertex")
             ]
             if region.get("Type") == "2" and len(points) == 2:  # ellipse: bounding-box corners
-                (xa, ya), (xb, yb) = points
-                t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-                points = list(
-                    zip((xa + xb) / 2 + abs(xb - xa) / 2 * np.cos(t),
-                        (ya + yb) / 2 + abs(yb - ya) / 2 * np.sin(t), strict=True)
-                )
+                points = _ellipse(points)
             if region.get("NegativeROA") == "1":  # ImageScope "negative" region: cut it out
-                negative.append(Polygon(points).buffer(0) if len(points) >= 3 else Polygon())
-                continue
-            before = len(out.regions)
-            out.add(label or layer, points)
-            kept.extend(range(before, len(out.regions)))
-        if negative and kept:
+                negative.extend(_polygons(shapely.make_valid(Polygon(points)))
+                                if len(points) >= 3 else [])
+            else:
+                out.add(label or layer, points)
+        if negative:
             cut = shapely.union_all(negative)
-            for i in kept:
-                r = out.regions[i]
-                rest = _polygons(r.polygon.difference(cut))
-                out.regions[i] = Region(r.label, rest[0]) if rest else None
-                out.regions.extend(Region(r.label, p) for p in rest[1:])
-            out.regions[:] = [r for r in out.regions if r is not None]
+            out.regions[start:] = [Region(r.label, p) for r in out.regions[start:]
+                                   for p in _polygons(r.polygon.difference(cut))]
 
 
 def _read_asap(root, out: _Collector) -> None:

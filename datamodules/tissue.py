@@ -61,18 +61,25 @@ def mask_from_rgb(
     dark = 255 - grey
     not_black = grey > BLACK_LEVEL
     # black borders would drag both thresholds: compute them on the other pixels only
-    t_sat = max(_otsu(sat[not_black]), MIN_SATURATION)
-    t_dark = max(_otsu(dark[not_black]), MIN_DARKNESS)
+    t_sat = _threshold(sat[not_black], MIN_SATURATION)
+    t_dark = _threshold(dark[not_black], MIN_DARKNESS)
     mask = ((sat > t_sat) | (dark > t_dark)) & not_black
     return _clean(mask, mpp, min_area_um2=min_area_um2, close_um=close_um)
 
 
-def _otsu(values: np.ndarray) -> int:
-    """Otsu threshold of a 1-D uint8 sample (0 when there is nothing to split)."""
+def _threshold(values: np.ndarray, floor: int) -> int:
+    """Otsu's threshold of a 1-D uint8 sample, but never below `floor`.
+
+    Otsu always splits in two; when the lower class is itself clearly above `floor` there is no
+    glass in view (a crop inside tissue) and it split tissue from tissue, so fall back to `floor`.
+    """
     if values.size == 0 or values.min() == values.max():
-        return 0
+        return floor
     t, _ = cv2.threshold(values.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return int(t)
+    lower = values[values <= t]
+    if lower.size and float(np.median(lower)) > floor:
+        return floor
+    return max(int(t), floor)
 
 
 def _clean(mask: np.ndarray, mpp: float, *, min_area_um2: float, close_um: float) -> np.ndarray:

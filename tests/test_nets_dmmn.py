@@ -183,7 +183,6 @@ def test_upsampler_is_conv_tr_k():
         Upsampler(8, 3)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "release"), VARIANTS, ids=IDS)
 def test_full_width_256_shapes(arch, release):
     net = _net(arch, release, width=1.0, classes=6)

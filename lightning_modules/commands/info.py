@@ -54,7 +54,7 @@ def describe_annotations(path: str, slide: Slide, classes: str) -> list[str]:
 
     class_map = load_class_map(classes)
     regions = read_annotations(path)
-    stats = region_stats(regions, class_map, slide.mpp)
+    stats = region_stats(regions, class_map, slide.mpp, source=path)
     lines = [f"annotations {path} ({len(regions)} regions, class map {class_map.name})"]
     lines.append(f"  {'class':<28} {'regions':>8} {'area mm2':>10}")
     for name, row in stats.items():

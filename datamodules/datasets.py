@@ -1,0 +1,89 @@
+"""Patch datasets: (slide, labels, position) -> a view's images and target labels as tensors.
+
+Samples are dicts: ``image`` uint8 ``(V, 3, H, W)`` (``(3, H, W)`` for one view), ``label`` int64
+``(H, W)`` with 255 = unlabeled, ``meta`` (slide name, level-0 x, y). Images stay uint8 until the
+LightningModule normalizes them on its device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .balancing import elastic_deform, item_rng
+from .slides import Slide
+
+
+@dataclass
+class SlideSource:
+    """One slide with its labels and split; `Slide` and label sources pickle without handles."""
+
+    name: str
+    slide: Slide
+    labels: object  # a LabelSource: .read(location, size, mpp) -> (h, w) uint8
+    split: str
+
+
+def augmentation(num_views: int):
+    """Rotations by 90°, flips, brightness/contrast and colour jitter, applied with the same
+    random parameters to every view and the label (views share a centre, so they stay aligned)."""
+    import albumentations as A
+
+    extra = {f"image{i}": "image" for i in range(1, num_views)}
+    return A.Compose(
+        [
+            A.RandomRotate90(p=1.0),
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+            A.ColorJitter(brightness=0.0, contrast=0.0, saturation=0.1, hue=0.03, p=0.5),
+        ],
+        additional_targets=extra,
+    )
+
+
+class PatchDataset(Dataset):
+    """Patches of `sources` at `entries` = (source index, level-0 x, y, deform) through `view`.
+
+    ``deform`` entries are DMMN's class-balancing copies: the whole field is elastically deformed
+    with its labels before the magnifications are cut, each copy with its own seeded warp.
+    """
+
+    def __init__(self, sources, entries, view, transform=None, seed: int = 0):
+        self.sources = list(sources)
+        self.entries = list(entries)
+        self.view = view
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> dict:
+        s, x, y, deform = self.entries[i]
+        src = self.sources[s]
+        if deform:
+            field, field_labels = self.view.read_field(src.slide, src.labels, (x, y))
+            field, field_labels = elastic_deform(field, field_labels, item_rng(self.seed, i))
+            views, label = self.view.cut(field, field_labels)
+        else:
+            views, label = self.view.read(src.slide, src.labels, (x, y))
+        if self.transform is not None:
+            views, label = self._augment(views, label)
+        image = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2)
+        if image.shape[0] == 1:
+            image = image[0]
+        return {
+            "image": image,
+            "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
+            "meta": {"slide": src.name, "x": float(x), "y": float(y)},
+        }
+
+    def _augment(self, views: np.ndarray, label: np.ndarray):
+        extra = {f"image{i}": views[i] for i in range(1, len(views))}
+        out = self.transform(image=views[0], mask=label, **extra)
+        stacked = [out["image"]] + [out[f"image{i}"] for i in range(1, len(views))]
+        return np.stack(stacked), out["mask"]

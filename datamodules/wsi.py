@@ -1,0 +1,245 @@
+"""`WSIDataModule`: slides + labels + sampler + view + augmentation, split by slide.
+
+Two kinds of `root`: a folder with a ``manifest.json`` (the synthetic benchmark, or any dataset
+listed the same way) or a plain folder of slides with one annotation file per slide
+(``<stem><label_suffix>``: Aperio/ASAP XML, GeoJSON or a label-mask TIFF), split by slide with a
+seeded shuffle. The default root is the synthetic benchmark, generated on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from .annotations import MaskLabels, open_labels
+from .balancing import balanced_index, expected_counts_after_balancing, format_counts
+from .classmaps import load_class_map
+from .datasets import PatchDataset, SlideSource, augmentation
+from .errors import InputError
+from .samplers import grid_index
+from .slides import Slide
+from .views import MultiMagView, View
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+DEFAULT_ROOT = "data/synthetic"
+
+
+class WSIDataModule(pl.LightningDataModule):
+    """Patches on a stride-`view.size` grid of each slide, tissue-masked, > `min_annotated`
+    labelled; optional DMMN class balancing on the training split.
+
+    Args:
+        root: folder with manifest.json, or a folder of slides (see the module doc).
+        class_map: class map name (bach, tiger, tiger_stroma, dmmn) or YAML path.
+        view: patch geometry (default: DMMN's MultiMagView, 256² at 20x/10x/5x).
+        labels: for manifests, which label file of each slide: "mask" or "annotations".
+        slide_glob / label_suffix: for plain folders: which files are slides, and the suffix of
+            each slide's label file (e.g. ".xml" or "_mask.tiff").
+        mpp: level-0 mpp for slides whose metadata lacks it.
+        val_fraction / test_fraction: plain folders only: share of slides per split.
+        min_annotated: keep targets with more than this labelled fraction (DMMN: 1 %).
+        min_tissue: keep targets with at least this Otsu tissue fraction (0 = no masking).
+        balance_rates: DMMN elastic class balancing rate r_c per class (None = off).
+        class_order: highest-order class first; decides a patch's class for balancing.
+        augment: rotations, flips, brightness/contrast/colour jitter on the training split.
+        max_patches: per split cap (train, val, test) as a seeded random subset; None = all.
+        synthesize: generate the synthetic benchmark when `root` is missing and is the default.
+    """
+
+    def __init__(
+        self,
+        root: str = DEFAULT_ROOT,
+        class_map: str = "bach",
+        view: View | None = None,
+        labels: str = "mask",
+        slide_glob: str = "*.svs",
+        label_suffix: str = ".xml",
+        mpp: float | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        min_annotated: float = 0.01,
+        min_tissue: float = 0.1,
+        balance_rates: list[int] | None = None,
+        class_order: list[int] | None = None,
+        augment: bool = True,
+        max_patches: tuple[int | None, int | None, int | None] = (None, None, None),
+        batch_size: int = 8,
+        num_workers: int = 2,
+        seed: int = 0,
+        synthesize: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["view"])
+        self.root = Path(root)
+        self.view = view if view is not None else MultiMagView()
+        self.class_map = load_class_map(class_map)
+        self.num_classes = self.class_map.num_classes
+        self.datasets: dict[str, PatchDataset] = {}
+        self.class_pixel_counts: np.ndarray | None = None
+        self.counts_before: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ sources
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        if hp.synthesize and str(self.root) == DEFAULT_ROOT:
+            from .synthetic import ensure_dataset
+
+            ensure_dataset(self.root)
+
+    def sources(self) -> list[SlideSource]:
+        if (self.root / "manifest.json").is_file():
+            return self._manifest_sources()
+        if self.root.is_dir():
+            return self._folder_sources()
+        hint = " (run `make data` or `wsiseg synth`)" if str(self.root) == DEFAULT_ROOT else ""
+        raise InputError(self.root, f"no such data folder{hint}")
+
+    def _source(self, name, slide_path, label_path, split) -> SlideSource:
+        slide = Slide(slide_path, mpp=self.hparams.mpp)
+        labels = open_labels(label_path, self.class_map, slide)
+        if isinstance(labels, MaskLabels):
+            labels.check_values()  # a class map that does not fit fails before training
+        return SlideSource(name, slide, labels, split)
+
+    def _manifest_sources(self) -> list[SlideSource]:
+        path = self.root / "manifest.json"
+        try:
+            manifest = json.loads(path.read_text())
+            entries = manifest["slides"]
+        except (ValueError, KeyError) as err:
+            raise InputError(path, f"not a wsiseg manifest: {err}") from err
+        key = self.hparams.labels
+        out = []
+        for e in entries:
+            if key not in e:
+                raise InputError(path, f"slide {e.get('name')!r} has no {key!r} entry")
+            if e.get("split") not in SPLITS:
+                raise InputError(path, f"slide {e.get('name')!r}: split must be one of {SPLITS}")
+            out.append(
+                self._source(e["name"], self.root / e["slide"], self.root / e[key], e["split"])
+            )
+        return out
+
+    def _folder_sources(self) -> list[SlideSource]:
+        hp = self.hparams
+        slides = sorted(p for p in self.root.glob(hp.slide_glob) if p.is_file())
+        pairs = []
+        for p in slides:
+            label = p.with_name(p.stem + hp.label_suffix)
+            if label.exists():
+                pairs.append((p, label))
+            else:
+                log.warning("%s: no label file %s, skipped", p, label.name)
+        if not pairs:
+            raise InputError(
+                self.root, f"no slides matching {hp.slide_glob!r} with a {hp.label_suffix!r} label"
+            )
+        order = np.random.default_rng(hp.seed)
+        idx = order.permutation(len(pairs))
+        n_test = int(round(hp.test_fraction * len(pairs)))
+        n_val = int(round(hp.val_fraction * len(pairs)))
+        split_of = {}
+        for rank, i in enumerate(idx):
+            split_of[i] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+        return [self._source(p.stem, p, lab, split_of[i]) for i, (p, lab) in enumerate(pairs)]
+
+    # ------------------------------------------------------------------ datasets
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        sources = self.sources()
+        for split_i, split in enumerate(SPLITS):
+            members = [(i, s) for i, s in enumerate(sources) if s.split == split]
+            entries, counts = [], []
+            for i, src in members:
+                grid = grid_index(
+                    src.slide,
+                    src.labels,
+                    self.num_classes,
+                    self.view.size,
+                    self.view.mpp,
+                    min_annotated=hp.min_annotated,
+                    min_tissue=hp.min_tissue,
+                )
+                for (x, y), c in zip(grid.positions, grid.class_counts, strict=True):
+                    entries.append((i, float(x), float(y), False))
+                    counts.append(c)
+            if not entries and members:
+                names = ", ".join(s.name for _, s in members)
+                raise InputError(
+                    self.root,
+                    f"no {split} patch has > {hp.min_annotated:.0%} annotated pixels on tissue "
+                    f"(slides: {names})",
+                )
+            counts = np.array(counts, np.int64).reshape(-1, self.num_classes)
+            entries, counts = self._subset(entries, counts, hp.max_patches[split_i], split_i)
+            if split == "train":
+                entries, counts = self._balance(entries, counts)
+            transform = (
+                augmentation(self.view.num_views) if split == "train" and hp.augment else None
+            )
+            self.datasets[split] = PatchDataset(
+                sources, entries, self.view, transform, seed=hp.seed
+            )
+
+    def _subset(self, entries, counts, cap, salt):
+        if cap is None or len(entries) <= cap:
+            return entries, counts
+        pick = np.sort(
+            np.random.default_rng([self.hparams.seed, salt]).choice(len(entries), cap, False)
+        )
+        return [entries[i] for i in pick], counts[pick]
+
+    def _balance(self, entries, counts):
+        hp = self.hparams
+        self.counts_before = counts.sum(0)
+        if not hp.balance_rates:
+            self.class_pixel_counts = self.counts_before
+            return entries, counts
+        order = hp.class_order or list(range(self.num_classes))[::-1]
+        classes = [patch_class_from_counts(c, order) for c in counts]
+        index = balanced_index(classes, hp.balance_rates)
+        after = expected_counts_after_balancing(counts, classes, hp.balance_rates)
+        self.class_pixel_counts = after
+        print(format_counts(self.counts_before, after, list(self.class_map.classes)), flush=True)
+        new_entries = [(*entries[i][:3], deform) for i, deform in index]
+        return new_entries, counts[[i for i, _ in index]]
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, split: str) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        hp = self.hparams
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.batch_size,
+            shuffle=split == "train",
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def patch_class_from_counts(counts: np.ndarray, class_order) -> int | None:
+    """Highest-order class present in a patch, from its per-class pixel counts."""
+    present = {c for c, n in enumerate(counts) if n > 0}
+    for c in class_order:
+        if c in present:
+            return c
+    return None

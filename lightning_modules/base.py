@@ -1,0 +1,258 @@
+"""The LightningModule every method shares: normalisation, loss logging, scores, overlays.
+
+A method subclasses :class:`SegmentationTask` and fills three hooks — ``configure_models``
+(sets ``self.net``), ``configure_losses`` (sets ``self.criterion``) and Lightning's own
+``configure_optimizers`` — reading its settings from ``self.hparams``.  Everything a results
+table or a comparison between methods depends on (how images are normalised, how scores
+are computed and synchronised, what is logged under which name) lives here once.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from datamodules.errors import InputError
+from lightning_modules.metrics import ConfusionMatrix, scores
+from lightning_modules.overlays import default_colors, overlay_panel, save_png
+
+IGNORE = 255
+NORM_MEAN = 0.5
+"""Images become float in [0, 1], then ``(x − NORM_MEAN) / NORM_STD``: roughly zero-mean,
+unit-variance for H&E without per-data-set statistics, and the same for every method."""
+NORM_STD = 0.25
+
+
+class SegmentationTask(pl.LightningModule):
+    """Shared task. Batches are dicts: ``image`` uint8 ``(B, 3, H, W)`` or ``(B, V, 3, H, W)``
+    (view 0 is the target view), ``label`` int64 ``(B, H, W)`` with ``ignore_index`` for
+    unlabeled pixels, optional ``meta``.
+
+    Args:
+        num_classes: number of output classes.
+        class_map: class-map name or YAML path (``datamodules.classmaps``) for class names,
+            overlay colours and whether the classes are ordinal (then the BACH score is
+            reported); ``None`` names them ``class_0``, ``class_1``, …
+        ignore_index: label value skipped by loss and scores.
+        num_overlays: overlay pictures saved per validation epoch and for the test set.
+        norm_mean, norm_std: the normalisation constants (see ``NORM_MEAN``).
+
+    Logged: ``train/loss`` (per step), ``val/loss`` and ``test/loss`` (per epoch, synced), and
+    every finite value of :func:`lightning_modules.metrics.scores` as ``val/<key>`` /
+    ``test/<key>`` — ``val/miou`` is the checkpoint monitor.
+    """
+
+    hparams_ignore: tuple[str, ...] = ()
+    """Constructor arguments left out of ``hparams`` (e.g. module objects)."""
+
+    net: nn.Module
+    criterion: nn.Module
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_map: str | None = None,
+        ignore_index: int = IGNORE,
+        num_overlays: int = 4,
+        norm_mean: float = NORM_MEAN,
+        norm_std: float = NORM_STD,
+    ) -> None:
+        super().__init__()
+        # Called here, Lightning collects the arguments of every subclass __init__ as well.
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
+        if int(num_classes) < 1:
+            raise InputError(None, f"num_classes must be >= 1, got {num_classes}")
+        if not norm_std > 0:
+            raise InputError(None, f"norm_std must be > 0, got {norm_std}")
+        if int(num_overlays) < 0:
+            raise InputError(None, f"num_overlays must be >= 0, got {num_overlays}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.num_overlays = int(num_overlays)
+        self.norm_mean, self.norm_std = float(norm_mean), float(norm_std)
+        self.class_names, self.class_colors, self.ordinal = self._class_info(class_map)
+        self.test_scores: dict[str, float] = {}
+        self.val_scores: dict[str, float] = {}
+        self.test_confusion: np.ndarray | None = None
+        self._overlay_root: Path | None = None
+        self._test_overlays_saved = 0
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    def _class_info(self, class_map: str | None) -> tuple[list[str], list[tuple], bool]:
+        n = self.num_classes
+        if class_map is None:
+            return [f"class_{i}" for i in range(n)], default_colors(n), False
+        from datamodules.classmaps import load_class_map  # the data side owns class maps
+
+        cmap = load_class_map(class_map)
+        if len(cmap.classes) != n:
+            raise InputError(
+                getattr(cmap, "source", None),
+                f"class map {cmap.name!r} has {len(cmap.classes)} classes "
+                f"({', '.join(cmap.classes)}) but num_classes is {n}",
+            )
+        colors = [tuple(c) for c in cmap.colors] if cmap.colors else default_colors(n)
+        return list(cmap.classes), colors, bool(cmap.ordinal)
+
+    # ----------------------------------------------------------------- hooks for subclasses
+    def configure_models(self) -> None:
+        """Set ``self.net``: a plain ``nn.Module`` mapping normalised images to logits."""
+        raise NotImplementedError(f"{type(self).__name__} must implement configure_models")
+
+    def configure_losses(self) -> None:
+        """Set ``self.criterion(logits, label)``; default: unweighted cross-entropy."""
+        from lightning_modules.losses import WeightedCrossEntropy
+
+        self.criterion = WeightedCrossEntropy.uniform(self.num_classes, self.ignore_index)
+
+    def configure_metrics(self) -> None:
+        """One confusion matrix per stage; every score is derived from it."""
+        self.val_cm = ConfusionMatrix(self.num_classes, self.ignore_index)
+        self.test_cm = ConfusionMatrix(self.num_classes, self.ignore_index)
+
+    # ----------------------------------------------------------------------- forward
+    @property
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """uint8 [0, 255] (or float already in [0, 1]) -> ``(x − mean) / std`` float."""
+        x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        return (x - self.norm_mean) / self.norm_std
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.net(self.normalize(image))
+
+    def logits(self, image: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """Logits on the target grid: nets with a coarser output are upsampled bilinearly."""
+        out = self(image)
+        size = tuple(size) if size is not None else tuple(image.shape[-2:])
+        if tuple(out.shape[-2:]) != size:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return out
+
+    # ------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        label = batch["label"]
+        loss = self.criterion(self.logits(batch["image"], label.shape[-2:]), label)
+        self.log("train/loss", loss, batch_size=label.shape[0], prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        pred = self._eval_step(batch, "val", self.val_cm)
+        if (
+            batch_idx == 0
+            and dataloader_idx == 0
+            and self.num_overlays > 0
+            and not self.trainer.sanity_checking
+            and self.trainer.is_global_zero
+        ):
+            n = min(self.num_overlays, pred.shape[0])
+            names = [f"val_epoch{self.current_epoch:03d}_{i}" for i in range(n)]
+            self._save_overlays(batch, pred, names, "val/overlays")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        pred = self._eval_step(batch, "test", self.test_cm)
+        left = self.num_overlays - self._test_overlays_saved
+        if left > 0 and self.trainer.is_global_zero:
+            n = min(left, pred.shape[0])
+            start = self._test_overlays_saved
+            names = [f"test_{start + i}" for i in range(n)]
+            self._save_overlays(batch, pred, names, "test/overlays")
+            self._test_overlays_saved += n
+
+    def _eval_step(self, batch: dict[str, Any], stage: str, cm: ConfusionMatrix) -> Tensor:
+        label = batch["label"]
+        logits = self.logits(batch["image"], label.shape[-2:])
+        loss = self.criterion(logits, label)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=label.shape[0],
+            prog_bar=stage == "val",
+        )
+        pred = logits.argmax(dim=1)
+        cm.update(pred, label)
+        return pred
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        """Per-pixel class probabilities ``(B, C, H, W)`` float16 (on the target view's grid)."""
+        image = batch["image"] if isinstance(batch, dict) else batch
+        probs = torch.softmax(self.logits(image).float(), dim=1).to(torch.float16)
+        meta = batch.get("meta") if isinstance(batch, dict) else None
+        return {"probs": probs, "meta": meta}
+
+    # ------------------------------------------------------------------ epoch ends
+    def setup(self, stage: str) -> None:
+        # trainer.log_dir broadcasts from rank 0, so it must be read on every rank: here.
+        root = self.trainer.log_dir or self.trainer.default_root_dir
+        self._overlay_root = Path(root) / "overlays"
+
+    def on_validation_epoch_end(self) -> None:
+        result = self._log_scores("val", self.val_cm)
+        if result is not None and not self.trainer.sanity_checking:
+            self.val_scores = result
+
+    def on_test_epoch_start(self) -> None:
+        self._test_overlays_saved = 0
+
+    def on_test_epoch_end(self) -> None:
+        if self.test_cm.update_called:
+            self.test_confusion = self.test_cm.compute().cpu().numpy()
+        result = self._log_scores("test", self.test_cm)
+        if result is not None:
+            self.test_scores = result
+
+    def _log_scores(self, stage: str, cm: ConfusionMatrix) -> dict[str, float] | None:
+        """Compute (syncs ranks), log finite scores as ``<stage>/<key>``, reset."""
+        if not cm.update_called:
+            return None
+        result = scores(cm.compute().cpu().numpy(), self.class_names, self.ordinal)
+        cm.reset()
+        finite = {f"{stage}/{k}": v for k, v in result.items() if math.isfinite(v)}
+        # Values are identical on every rank already; sync_dist only keeps Lightning from
+        # warning about unsynced epoch-level values (the key set is identical too, so no hang).
+        for name, value in finite.items():
+            self.log(name, value, sync_dist=True, prog_bar=name == "val/miou")
+        return result
+
+    # --------------------------------------------------------------------- overlays
+    @staticmethod
+    def _display_image(image: Tensor) -> np.ndarray:
+        """(3, H, W) or (V, 3, H, W) -> (H, W, 3) uint8 of view 0."""
+        if image.ndim == 4:
+            image = image[0]
+        image = image.detach().cpu()
+        if image.dtype != torch.uint8:
+            image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return image.permute(1, 2, 0).numpy()
+
+    def _save_overlays(self, batch: dict[str, Any], pred: Tensor, names: list[str], key: str):
+        root = self._overlay_root or Path(self.trainer.default_root_dir) / "overlays"
+        pictures = []
+        for i, name in enumerate(names):
+            panel = overlay_panel(
+                self._display_image(batch["image"][i]),
+                batch["label"][i].detach().cpu().numpy(),
+                pred[i].detach().cpu().numpy(),
+                self.class_names,
+                self.class_colors,
+                ignore=self.ignore_index,
+            )
+            save_png(root / f"{name}.png", panel)
+            pictures.append(panel)
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):  # WandbLogger
+                logger.log_image(key=key, images=pictures, caption=names, step=self.global_step)

@@ -9,9 +9,13 @@ EXP ?= dmmn_m3
 DATA ?=
 TRAINER ?= cpu
 ARGS ?=
+# cpu runs use the reduced CPU schedule unless SCHEDULE=paper; gpu runs use the paper's
+SCHEDULE ?= $(if $(filter cpu,$(TRAINER)),cpu_budget,paper)
+DATA_CFG := $(if $(DATA),--config experiments/data/$(DATA).yaml,)
+SCHEDULE_CFG := $(if $(filter-out paper,$(SCHEDULE)),--config experiments/schedule/$(SCHEDULE).yaml,)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full data lint clean
+.PHONY: help install test test-full data train lint clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [EXP=dmmn_m3] [DATA=...] [TRAINER=cpu|gpu|ddp_cpu] [ARGS=...]"
@@ -33,6 +37,12 @@ test-full: install ## all tests, including slow DDP/training runs
 
 data: install ## generate the synthetic benchmark slides (reused when present)
 	$(VENV)/bin/wsiseg synth --out $(DATA_DIR)
+
+train: install ## fit + test EXP (default dmmn_m3) on DATA (default: synthetic); TRAINER, SCHEDULE, ARGS
+	@test -f experiments/$(EXP).yaml || { echo "no experiment experiments/$(EXP).yaml; choose one of:"; ls experiments/*.yaml | xargs -n1 basename | sed 's/.yaml$$//;s/^/  /'; exit 2; }
+	@if [ -z "$(DATA)" ]; then $(MAKE) --no-print-directory data; fi
+	$(VENV)/bin/wsiseg train --config experiments/$(EXP).yaml $(DATA_CFG) \
+	  --config experiments/trainer/$(TRAINER).yaml $(SCHEDULE_CFG) $(ARGS)
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

@@ -243,8 +243,8 @@ def make_slide(job: dict) -> dict:
     rgb, lay = render_slide(size, job["seed"], i, job["layout"])
     tissue_px = int(np.count_nonzero(lay.tex))
     del lay.tex
-    desc = f"wsiseg synthetic slide {name} (generator v{GENERATOR_VERSION}) | MPP = {SLIDE_MPP}"
-    write_pyramid(out / files["image"], rgb, SLIDE_MPP, desc)
+    desc = f"wsiseg synthetic {{}} {name} (generator v{GENERATOR_VERSION}) | MPP = {SLIDE_MPP}"
+    write_pyramid(out / files["image"], rgb, SLIDE_MPP, desc.format("slide"))
     del rgb
 
     annotated, relabelled = _annotated_classes(lay.regions, job["label_noise"], job["seed"], i)
@@ -258,7 +258,7 @@ def make_slide(job: dict) -> dict:
     if job["unlabeled_band"]:
         _clear_bands(mask, labels, lay.regions, job["unlabeled_band"])
     counts = np.bincount(mask.ravel(), minlength=5)
-    write_pyramid(out / files["mask"], mask, SLIDE_MPP, desc.replace("slide", "label mask", 1))
+    write_pyramid(out / files["mask"], mask, SLIDE_MPP, desc.format("label mask"))
     return {
         "name": name,
         "split": job["split"],

@@ -59,11 +59,13 @@ def write_pyramid(path: Path, level0: np.ndarray, mpp: float, description: str) 
 
 
 def label_polygons(labels: np.ndarray, classes=(1, 2, 3)) -> list[tuple[int, np.ndarray]]:
-    """Outlines ``(class, (n, 2) int x, y)`` of every connected region of each class.
+    """Outlines ``(class, (n, 2) float x, y)`` of every connected region of each class.
 
-    Vertices are the level-0 pixel centres of the region's boundary pixels (cv2.findContours),
-    simplified by at most one pixel. Holes cannot be expressed in Aperio XML, so a region with a
-    hole is an error (the layouts never make one).
+    Vertices are the centres ``(j + 0.5, i + 0.5)`` of the region's boundary pixels in the suite's
+    level-0 convention (pixel j covers [j, j + 1)), from cv2.findContours, simplified by at most
+    one pixel; rasterised at pixel centres they give back the region up to its boundary pixels.
+    Holes cannot be expressed in Aperio XML, so a region with a hole is an error (the layouts
+    never make one).
     """
     out = []
     for c in classes:
@@ -74,7 +76,7 @@ def label_polygons(labels: np.ndarray, classes=(1, 2, 3)) -> list[tuple[int, np.
         for cnt in contours:
             pts = cv2.approxPolyDP(cnt, 1.0, True).reshape(-1, 2)
             if len(pts) >= 3:
-                out.append((c, pts))
+                out.append((c, pts.astype(np.float64) + 0.5))
     return out
 
 
@@ -103,7 +105,7 @@ def write_aperio_xml(path: Path, polygons, names: dict[int, str], mpp: float) ->
         ET.SubElement(region, "Attributes")
         vertices = ET.SubElement(region, "Vertices")
         for x, y in pts:
-            ET.SubElement(vertices, "Vertex", X=str(int(x)), Y=str(int(y)), Z="0")
+            ET.SubElement(vertices, "Vertex", X=f"{x:g}", Y=f"{y:g}", Z="0")
     ET.SubElement(ann, "Plots")
     ET.indent(root, space="  ")
     tmp = path.with_name(path.name + ".part")

@@ -46,6 +46,10 @@ def layout_default(size: int, rng: np.random.Generator) -> Layout:
     s = float(np.clip(size / 8192, 0.35, 1.0))
     area = float(size * size)
     p = _Placer(size, rng)
+
+    def m(cells: int) -> int:  # gaps between regions, in grid cells, shrink with the lesions
+        return max(1, int(round(cells * s)))
+
     tex = np.full((size, size), GLASS, np.uint8)
     for poly in _tissue_polygons(size, rng):
         _fill(tex, poly, STROMA)
@@ -54,7 +58,7 @@ def layout_default(size: int, rng: np.random.Generator) -> Layout:
     regions: list[Region] = []
 
     # invasive: irregular blobs, filled with infiltrating cords and sheets of tumour cells
-    for poly in p.fill_area(rng.uniform(0.03, 0.07) * area, (550 * s, 1100 * s), 0.45, margin=6):
+    for poly in p.fill_area(rng.uniform(0.03, 0.07) * area, (550 * s, 1100 * s), 0.45, margin=m(6)):
         regions.append(Region(INVASIVE, poly))
         _draw_invasive(tex, poly, rng)
     # in situ: clusters of large round ducts, solid with the SAME tumour cells, with a rim
@@ -62,16 +66,16 @@ def layout_default(size: int, rng: np.random.Generator) -> Layout:
     for _ in range(40):
         if done >= target:
             break
-        for poly in p.cluster(rng.integers(2, 6), (150 * s, 400 * s), 0.04, margin=3):
+        for poly in p.cluster(rng.integers(2, 6), (150 * s, 400 * s), 0.04, margin=m(3)):
             regions.append(Region(IN_SITU, poly))
             _draw_duct(tex, poly, RIM_PX, None)
             done += _area(poly)
     # benign: smooth blobs of stroma with 20x-only granules
-    for poly in p.fill_area(rng.uniform(0.04, 0.09) * area, (350 * s, 800 * s), 0.12, margin=4):
+    for poly in p.fill_area(rng.uniform(0.04, 0.09) * area, (350 * s, 800 * s), 0.12, margin=m(4)):
         regions.append(Region(BENIGN_CLS, poly))
         _draw_benign(tex, poly)
     # normal: fat lobules, small ducts and lobules of acini (epithelium, but small and hollow)
-    for poly in p.fill_area(rng.uniform(0.02, 0.05) * area, (250 * s, 600 * s), 0.15, margin=2):
+    for poly in p.fill_area(rng.uniform(0.02, 0.05) * area, (250 * s, 600 * s), 0.15, margin=m(2)):
         _fill(tex, poly, FAT)
     for poly in p.fill_area(0.004 * area, (40, 90), 0.05, margin=2):
         _draw_duct(tex, poly, 5, rng.uniform(0.35, 0.6))
@@ -210,7 +214,8 @@ class _Placer:
         for _ in range(tries):
             if done >= target:
                 break
-            r = self.rng.uniform(*radius)
+            # the last blob is no larger than the area still wanted, so targets are not overshot
+            r = min(self.rng.uniform(*radius), max(radius[0], np.sqrt((target - done) / np.pi)))
             poly = blob(self.random_point(), r, irregularity, self.rng, aspect=self.rng.uniform(0.7, 1))
             if self.try_place(poly, margin):
                 out.append(poly)

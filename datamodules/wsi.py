@@ -117,12 +117,13 @@ class WSIDataModule(pl.LightningDataModule):
         key = self.hparams.labels
         out = []
         for e in entries:
-            if key not in e:
-                raise InputError(path, f"slide {e.get('name')!r} has no {key!r} entry")
+            files = e.get("files", {})
+            if "image" not in files or key not in files:
+                raise InputError(path, f"slide {e.get('name')!r} lists no 'image' and {key!r} file")
             if e.get("split") not in SPLITS:
                 raise InputError(path, f"slide {e.get('name')!r}: split must be one of {SPLITS}")
             out.append(
-                self._source(e["name"], self.root / e["slide"], self.root / e[key], e["split"])
+                self._source(e["name"], self.root / files["image"], self.root / files[key], e["split"])
             )
         return out
 

@@ -17,6 +17,7 @@ LIGHTNING_COMMANDS = {
     "validate": "run one validation epoch on a checkpoint",
     "test": "evaluate a checkpoint on the test split",
     "predict": "run predict_step over a DataModule's predict split",
+    "train": "fit, test the best checkpoint and write a results table (make train)",
 }
 
 
@@ -66,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command in LIGHTNING_COMMANDS:
-            from .lightning_cli import run_lightning
+            from .lightning_cli import run_lightning, run_train
 
+            if command == "train":
+                return run_train(rest)
             run_lightning([command, *rest])
             return 0
         tools = _tool_commands()

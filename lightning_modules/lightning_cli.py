@@ -1,4 +1,8 @@
-"""LightningCLI in subclass mode: the experiment YAML picks model and data by `class_path`."""
+"""LightningCLI in subclass mode: the experiment YAML picks model and data by `class_path`.
+
+`wsiseg train` is fit + test of the best checkpoint + a results report in the run folder, the
+one-command path behind `make train`.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,64 @@ import sys
 from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.cli import LightningCLI
 
+PAPER = "paper"
+
 
 class WsisegCLI(LightningCLI):
-    """Lightning's CLI with the suite's defaults (experiment YAMLs live in experiments/)."""
+    """Lightning's CLI plus `--schedule`, a note that says which training schedule a run used."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--schedule",
+            type=str,
+            default=PAPER,
+            help="the training schedule's description, printed and stored with the results "
+            "(experiments/schedule/*.yaml set it; default: the paper's settings)",
+        )
 
 
-def run_lightning(args: list[str]) -> WsisegCLI:
-    """Run one Lightning subcommand; `args` replace sys.argv so help shows `wsiseg`."""
+def _make_cli(args: list[str], run: bool) -> WsisegCLI:
+    """Build the CLI with `args` as sys.argv (so help and errors say `wsiseg`)."""
     saved, sys.argv = sys.argv, ["wsiseg", *args]
     try:
-        return _make_cli()
+        return WsisegCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": False},
+            auto_configure_optimizers=False,
+            run=run,
+        )
     finally:
         sys.argv = saved
 
 
-def _make_cli() -> WsisegCLI:
-    return WsisegCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": False},
-        auto_configure_optimizers=False,
-    )
+def run_lightning(args: list[str]) -> WsisegCLI:
+    """One Lightning subcommand: fit, validate, test or predict."""
+    return _make_cli(args, run=True)
+
+
+def run_train(args: list[str]) -> int:
+    """Fit, test the best checkpoint, print and save the results table."""
+    from .report import print_schedule, write_report
+
+    if args and args[0] in ("-h", "--help"):
+        print(
+            "usage: wsiseg train --config EXPERIMENT.yaml [--config OVERLAY.yaml ...] [--key value]\n"
+            "\nFit, then test the best checkpoint (val/miou), then print the results table and\n"
+            "write results.md/results.json and overlays under the run folder. Takes the same\n"
+            "options as `wsiseg fit` (see `wsiseg fit --help`)."
+        )
+        return 0
+    cli = _make_cli(args, run=False)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    schedule = cli.config.get("schedule", PAPER)
+    if trainer.is_global_zero:
+        print_schedule(schedule, args)
+    trainer.fit(model, datamodule=data)
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    trainer.test(model, datamodule=data, ckpt_path="best" if best else None)
+    if trainer.is_global_zero:
+        write_report(trainer, model, schedule, best)
+    return 0

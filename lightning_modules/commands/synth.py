@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -46,24 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from datamodules.errors import InputError
     from datamodules.synthetic import ensure_dataset
 
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    start = time.perf_counter()
-    manifest = ensure_dataset(
-        out,
+    params = dict(
         n_slides=args.n_slides,
         size=args.size,
         seed=args.seed,
         splits=tuple(args.splits),
         unlabeled_band=args.unlabeled_band,
         label_noise=args.label_noise,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
     )
+    manifest_path = out / "manifest.json"
+    before = manifest_path.read_bytes() if manifest_path.exists() else None
+    if out.exists() and any(out.iterdir()) and before is None and not args.overwrite:
+        raise InputError(out, "folder exists and is not a synthetic set; pass --overwrite")
+    if before is not None and not args.overwrite:
+        old = json.loads(before).get("params", {})
+        new = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        changed = sorted(k for k, v in new.items() if k in old and old[k] != v)
+        if changed:
+            raise InputError(
+                out, f"holds a set with other {', '.join(changed)}; pass --overwrite to replace it"
+            )
+    start = time.perf_counter()
+    manifest = ensure_dataset(out, progress=not args.quiet, **params)
     took = time.perf_counter() - start
     n = len(manifest["slides"])
-    verb = "reused" if manifest.get("reused") else "generated"
+    verb = "reused" if before is not None and manifest_path.read_bytes() == before else "generated"
     print(f"{verb} {n} synthetic slides in {out.resolve()} ({took:.1f} s)")
     return 0

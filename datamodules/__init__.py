@@ -3,7 +3,12 @@
 The DataModule and views are imported lazily so light commands (`wsiseg info`) start fast.
 """
 
-_LAZY = {"WSIDataModule": ".wsi", "MultiMagView": ".views", "SingleView": ".views", "View": ".views"}
+_LAZY = {
+    "WSIDataModule": ".wsi",
+    "MultiMagView": ".views",
+    "SingleView": ".views",
+    "View": ".views",
+}
 
 
 def __getattr__(name):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, RandomSampler
 
 from .annotations import MaskLabels, open_labels
 from .balancing import balanced_index, expected_counts_after_balancing, format_counts
@@ -48,7 +49,8 @@ class WSIDataModule(pl.LightningDataModule):
         balance_rates: DMMN elastic class balancing rate r_c per class (None = off).
         class_order: highest-order class first; decides a patch's class for balancing.
         augment: rotations, flips, brightness/contrast/colour jitter on the training split.
-        max_patches: per split cap (train, val, test) as a seeded random subset; None = all.
+        max_patches: per split cap (train, val, test); training draws a fresh random subset
+            of the balanced patches each epoch, val/test use one fixed seeded subset; None = all.
         synthesize: generate the synthetic benchmark when `root` is missing and is the default.
     """
 
@@ -123,7 +125,9 @@ class WSIDataModule(pl.LightningDataModule):
             if e.get("split") not in SPLITS:
                 raise InputError(path, f"slide {e.get('name')!r}: split must be one of {SPLITS}")
             out.append(
-                self._source(e["name"], self.root / files["image"], self.root / files[key], e["split"])
+                self._source(
+                    e["name"], self.root / files["image"], self.root / files[key], e["split"]
+                )
             )
         return out
 
@@ -180,9 +184,10 @@ class WSIDataModule(pl.LightningDataModule):
                     f"(slides: {names})",
                 )
             counts = np.array(counts, np.int64).reshape(-1, self.num_classes)
-            entries, counts = self._subset(entries, counts, hp.max_patches[split_i], split_i)
             if split == "train":
                 entries, counts = self._balance(entries, counts)
+            else:  # fixed, seeded evaluation subsets; training draws a fresh subset per epoch
+                entries, counts = self._subset(entries, counts, hp.max_patches[split_i], split_i)
             transform = (
                 augmentation(self.view.num_views) if split == "train" and hp.augment else None
             )
@@ -218,10 +223,17 @@ class WSIDataModule(pl.LightningDataModule):
         if not self.datasets:
             self.setup()
         hp = self.hparams
+        dataset = self.datasets[split]
+        sampler = None
+        cap = hp.max_patches[0]
+        if split == "train" and cap is not None and cap < len(dataset):
+            generator = torch.Generator().manual_seed(hp.seed)
+            sampler = RandomSampler(dataset, num_samples=cap, generator=generator)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=hp.batch_size,
-            shuffle=split == "train",
+            shuffle=split == "train" and sampler is None,
+            sampler=sampler,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             drop_last=False,

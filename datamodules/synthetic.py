@@ -10,9 +10,8 @@ and one `manifest.json` for the set. The content is built so the papers' hypothe
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import cv2
@@ -60,7 +59,7 @@ def generate(
             by another class, normal included (a missed lesion); the pixels keep the true class.
         layout: "default" (BACH-like breast tissue); "tiger" is reserved for a later issue.
         progress: show a progress bar on stderr.
-        workers: processes rendering slides in parallel (output does not depend on it).
+        workers: threads rendering slides in parallel (the output does not depend on it).
     """
     params = _params(n_slides, size, seed, splits, unlabeled_band, label_noise, layout)
     out = Path(out_dir)
@@ -89,8 +88,15 @@ def ensure_dataset(out_dir: str | Path, progress: bool = True, workers: int = 2,
     `params` are those of `generate`. The set is reused when the manifest has the same parameters
     and generator version and every file it lists exists with the recorded size.
     """
-    defaults = {"n_slides": 6, "size": 8192, "seed": 0, "splits": (4, 1, 1), "unlabeled_band": 0,
-                "label_noise": 0.0, "layout": "default"}
+    defaults = {
+        "n_slides": 6,
+        "size": 8192,
+        "seed": 0,
+        "splits": (4, 1, 1),
+        "unlabeled_band": 0,
+        "label_noise": 0.0,
+        "layout": "default",
+    }
     unknown = set(params) - set(defaults)
     if unknown:
         raise InputError(None, f"unknown synthetic-data parameter(s): {', '.join(sorted(unknown))}")
@@ -117,8 +123,10 @@ def _params(n_slides, size, seed, splits, unlabeled_band, label_noise, layout) -
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise bad(f"seed must be a non-negative integer, got {seed!r}")
     splits = list(splits)
-    if len(splits) != 3 or any(not isinstance(s, (int, float)) or s < 0 for s in splits) or not sum(
-        splits
+    if (
+        len(splits) != 3
+        or any(not isinstance(s, (int, float)) or s < 0 for s in splits)
+        or not sum(splits)
     ):
         raise bad(f"splits must be three non-negative train/val/test shares, got {splits!r}")
     if not isinstance(unlabeled_band, (int, np.integer)) or unlabeled_band < 0:
@@ -129,10 +137,16 @@ def _params(n_slides, size, seed, splits, unlabeled_band, label_noise, layout) -
         raise bad(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     if layout == "tiger":
         raise bad("layout 'tiger' is not implemented yet (planned: TIGER classes, ASAP XML)")
-    return {"n_slides": int(n_slides), "size": int(size), "seed": int(seed),
-            "splits": [int(s) if float(s).is_integer() else float(s) for s in splits],
-            "unlabeled_band": int(unlabeled_band), "label_noise": float(label_noise),
-            "layout": layout, "version": GENERATOR_VERSION}
+    return {
+        "n_slides": int(n_slides),
+        "size": int(size),
+        "seed": int(seed),
+        "splits": [int(s) if float(s).is_integer() else float(s) for s in splits],
+        "unlabeled_band": int(unlabeled_band),
+        "label_noise": float(label_noise),
+        "layout": layout,
+        "version": GENERATOR_VERSION,
+    }
 
 
 def _assign_splits(n: int, shares) -> list[str]:
@@ -143,7 +157,9 @@ def _assign_splits(n: int, shares) -> list[str]:
         if s > 0 and sum(counts) < n:
             counts[i] = 1
     while sum(counts) < n:
-        deficit = [n * s / total - c if s > 0 else -np.inf for s, c in zip(shares, counts, strict=True)]
+        deficit = [
+            n * s / total - c if s > 0 else -np.inf for s, c in zip(shares, counts, strict=True)
+        ]
         counts[int(np.argmax(deficit))] += 1
     return [name for name, c in zip(SPLIT_NAMES, counts, strict=True) for _ in range(c)]
 
@@ -185,33 +201,24 @@ def _complete(out: Path, manifest: dict) -> bool:
 
 # ---------------------------------------------------------------------- rendering
 def _run(jobs: list[dict], workers: int, progress: bool) -> list[dict]:
+    """Render slides on `workers` threads: the heavy steps (OpenCV, numpy gathers, JPEG and zlib
+    encoding) release the GIL, and threads avoid both fork hazards (a forked OpenCV thread pool
+    deadlocks) and spawn's need for an ``if __name__ == "__main__"`` guard in the caller."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), desc="synthetic slides", unit="slide", disable=not progress)
-    try:
+    with tqdm(total=len(jobs), desc="synthetic slides", unit="slide", disable=not progress) as bar:
         if workers <= 1 or len(jobs) == 1:
             records = []
             for job in jobs:
                 records.append(make_slide(job))
                 bar.update()
             return records
-        # fork (as DataLoader workers do): spawn/forkserver re-import __main__, which breaks
-        # callers without an `if __name__ == "__main__"` guard; workers use no inherited threads
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx,
-                                 initializer=_init_worker) as pool:
+        with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
             futures = [pool.submit(make_slide, job) for job in jobs]
-            for f in futures:
+            for f in as_completed(futures):
                 f.result()
                 bar.update()
             return [f.result() for f in futures]
-    finally:
-        bar.close()
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already
 
 
 def slide_rngs(seed: int, index: int) -> tuple[np.random.Generator, ...]:
@@ -235,7 +242,7 @@ def render_slide(size: int, seed: int, index: int, layout: str = "default"):
 
 def make_slide(job: dict) -> dict:
     """Render and write one slide (image, mask, XML); return its manifest record."""
-    from .synthetic_layout import _fill
+    from .synthetic_layout import fill_polygon
 
     size, i, out = job["size"], job["index"], Path(job["out_dir"])
     name = f"slide_{i:02d}"
@@ -251,13 +258,13 @@ def make_slide(job: dict) -> dict:
     labels = np.zeros((size, size), np.uint8)
     for region, cls in zip(lay.regions, annotated, strict=True):
         if cls:
-            _fill(labels, region.polygon, cls)
+            fill_polygon(labels, region.polygon, cls)
     polygons = label_polygons(labels)
     write_aperio_xml(out / files["annotations"], polygons, XML_NAMES, SLIDE_MPP)
     mask = labels + 1
     if job["unlabeled_band"]:
         _clear_bands(mask, labels, lay.regions, job["unlabeled_band"])
-    counts = np.bincount(mask.ravel(), minlength=5)
+    counts = [int(np.count_nonzero(mask == v)) for v in range(len(CLASS_NAMES) + 1)]
     write_pyramid(out / files["mask"], mask, SLIDE_MPP, desc.format("label mask"))
     return {
         "name": name,
@@ -267,8 +274,10 @@ def make_slide(job: dict) -> dict:
         "width": size,
         "height": size,
         "mpp": SLIDE_MPP,
-        "pixel_counts": {"unlabeled": int(counts[0]),
-                         **{c: int(counts[k + 1]) for k, c in enumerate(CLASS_NAMES)}},
+        "pixel_counts": {
+            "unlabeled": int(counts[0]),
+            **{c: int(counts[k + 1]) for k, c in enumerate(CLASS_NAMES)},
+        },
         "tissue_pixels": tissue_px,
         "regions": {c: sum(1 for a in annotated if a == k) for k, c in enumerate(CLASS_NAMES) if k},
         "relabelled": relabelled,
@@ -283,13 +292,15 @@ def _annotated_classes(regions, label_noise: float, seed: int, index: int):
     relabelled = []
     for k in sorted(rng.choice(len(regions), size=n, replace=False).tolist()) if n else []:
         new = int(rng.choice([c for c in range(len(CLASS_NAMES)) if c != classes[k]]))
-        relabelled.append({"region": k, "true": CLASS_NAMES[classes[k]], "annotated": CLASS_NAMES[new]})
+        relabelled.append(
+            {"region": k, "true": CLASS_NAMES[classes[k]], "annotated": CLASS_NAMES[new]}
+        )
         classes[k] = new
     return classes, relabelled
 
 
 def _clear_bands(mask: np.ndarray, labels: np.ndarray, regions, width: int) -> None:
-    """Set mask = 0 within width/2 px of any class boundary (regions' outlines are the only ones)."""
+    """Set mask = 0 within width/2 px of a class boundary (regions' outlines are the only ones)."""
     h, w = labels.shape
     half = width / 2.0
     pad = int(np.ceil(half)) + 2

@@ -51,8 +51,9 @@ def write_pyramid(path: Path, level0: np.ndarray, mpp: float, description: str) 
     tmp = path.with_name(path.name + ".part")
     big = level0.nbytes > 2**31
     with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
-        tw.write(levels[0], subifds=len(levels) - 1, description=description,
-                 software="wsiseg", **kw)
+        tw.write(
+            levels[0], subifds=len(levels) - 1, description=description, software="wsiseg", **kw
+        )
         for lvl in levels[1:]:
             tw.write(lvl, subfiletype=1, **kw)
     os.replace(tmp, path)
@@ -87,9 +88,22 @@ def write_aperio_xml(path: Path, polygons, names: dict[int, str], mpp: float) ->
     ``Vertices/Vertex@X,Y`` in level-0 pixels; unannotated pixels are normal.
     """
     root = ET.Element("Annotations", MicronsPerPixel=f"{mpp:.6f}")
-    ann = ET.SubElement(root, "Annotation", Id="1", Name="", ReadOnly="0", NameReadOnly="0",
-                        LineColorReadOnly="0", Incremental="0", Type="4", LineColor="65280",
-                        Visible="1", Selected="1", MarkupImagePath="", MacroName="")
+    ann = ET.SubElement(
+        root,
+        "Annotation",
+        Id="1",
+        Name="",
+        ReadOnly="0",
+        NameReadOnly="0",
+        LineColorReadOnly="0",
+        Incremental="0",
+        Type="4",
+        LineColor="65280",
+        Visible="1",
+        Selected="1",
+        MarkupImagePath="",
+        MacroName="",
+    )
     attrs = ET.SubElement(ann, "Attributes")
     ET.SubElement(attrs, "Attribute", Name="Description", Id="0", Value="")
     regions = ET.SubElement(ann, "Regions")
@@ -97,10 +111,23 @@ def write_aperio_xml(path: Path, polygons, names: dict[int, str], mpp: float) ->
         area = abs(float(cv2.contourArea(pts.astype(np.float32))))
         length = float(cv2.arcLength(pts.astype(np.float32), True))
         region = ET.SubElement(
-            regions, "Region", Id=str(i), Type="0", Zoom="1", Selected="0", ImageLocation="",
-            ImageFocus="-1", Length=f"{length:.1f}", Area=f"{area:.1f}",
-            LengthMicrons=f"{length * mpp:.1f}", AreaMicrons=f"{area * mpp * mpp:.1f}",
-            Text=names[cls], NegativeROA="0", InputRegionId="0", Analyze="1", DisplayId=str(i),
+            regions,
+            "Region",
+            Id=str(i),
+            Type="0",
+            Zoom="1",
+            Selected="0",
+            ImageLocation="",
+            ImageFocus="-1",
+            Length=f"{length:.1f}",
+            Area=f"{area:.1f}",
+            LengthMicrons=f"{length * mpp:.1f}",
+            AreaMicrons=f"{area * mpp * mpp:.1f}",
+            Text=names[cls],
+            NegativeROA="0",
+            InputRegionId="0",
+            Analyze="1",
+            DisplayId=str(i),
         )
         ET.SubElement(region, "Attributes")
         vertices = ET.SubElement(region, "Vertices")

@@ -52,8 +52,8 @@ def layout_default(size: int, rng: np.random.Generator) -> Layout:
 
     tex = np.full((size, size), GLASS, np.uint8)
     for poly in _tissue_polygons(size, rng):
-        _fill(tex, poly, STROMA)
-        _fill(p.tissue, poly / GRID, 1)
+        fill_polygon(tex, poly, STROMA)
+        fill_polygon(p.tissue, poly / GRID, 1)
     p.tissue = cv2.erode(p.tissue, np.ones((5, 5), np.uint8))  # keep lesions off the tissue edge
     regions: list[Region] = []
 
@@ -76,7 +76,7 @@ def layout_default(size: int, rng: np.random.Generator) -> Layout:
         _draw_benign(tex, poly)
     # normal: fat lobules, small ducts and lobules of acini (epithelium, but small and hollow)
     for poly in p.fill_area(rng.uniform(0.02, 0.05) * area, (250 * s, 600 * s), 0.15, margin=m(2)):
-        _fill(tex, poly, FAT)
+        fill_polygon(tex, poly, FAT)
     for poly in p.fill_area(0.004 * area, (40, 90), 0.05, margin=2):
         _draw_duct(tex, poly, 5, rng.uniform(0.35, 0.6))
     for _ in range(max(1, int(round(6 * area / 8192**2)))):
@@ -112,7 +112,7 @@ def _area(poly: np.ndarray) -> float:
     return float(cv2.contourArea(poly.astype(np.float32)))
 
 
-def _fill(img: np.ndarray, poly: np.ndarray, value: int) -> None:
+def fill_polygon(img: np.ndarray, poly: np.ndarray, value: int) -> None:
     """Fill a float polygon (sub-pixel precise, no anti-aliasing: values are ids)."""
     pts = np.round(poly * 16).astype(np.int32).reshape(-1, 1, 2)
     cv2.fillPoly(img, [pts], int(value), cv2.LINE_8, 4)
@@ -127,7 +127,7 @@ def _local_mask(poly: np.ndarray, shape, align: int = 1):
     x1 = x0 + ((x1 - x0) // align) * align
     y1 = y0 + ((y1 - y0) // align) * align
     m = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.uint8)
-    _fill(m, poly - (x0, y0), 1)
+    fill_polygon(m, poly - (x0, y0), 1)
     return m, (slice(y0, y1), slice(x0, x1))
 
 
@@ -135,10 +135,10 @@ def _draw_duct(tex, poly, rim: int, lumen_frac: float | None) -> None:
     """Rim band, then epithelium; hollow (lumen) for normal ducts, solid for in situ."""
     c = poly.mean(0)
     radius = float(np.sqrt(_area(poly) / np.pi))
-    _fill(tex, poly, RIM)
-    _fill(tex, c + (poly - c) * max(radius - rim, 1) / radius, EPITHELIUM)
+    fill_polygon(tex, poly, RIM)
+    fill_polygon(tex, c + (poly - c) * max(radius - rim, 1) / radius, EPITHELIUM)
     if lumen_frac is not None:
-        _fill(tex, c + (poly - c) * lumen_frac, LUMEN)
+        fill_polygon(tex, c + (poly - c) * lumen_frac, LUMEN)
 
 
 def _draw_benign(tex, poly) -> None:
@@ -152,7 +152,7 @@ def _draw_benign(tex, poly) -> None:
 
 
 def _draw_invasive(tex, poly, rng) -> None:
-    """Cords (bands along the zero set of smooth noise) and sheets (its high peaks) of tumour cells."""
+    """Cords (bands along the zero set of smooth noise) and sheets (its peaks) of tumour cells."""
     m, (sy, sx) = _local_mask(poly, tex.shape)
     h, w = m.shape
     lo = rng.standard_normal((h // 8 + 2, w // 8 + 2)).astype(np.float32)
@@ -166,7 +166,9 @@ def _draw_invasive(tex, poly, rng) -> None:
 def _tissue_polygons(size: int, rng) -> list[np.ndarray]:
     """One large tissue piece and up to two satellites, about 55-70 % of the slide."""
     c = size / 2 + rng.uniform(-0.04, 0.04, 2) * size
-    polys = [blob(c, size * rng.uniform(0.40, 0.45), 0.18, rng, n=160, aspect=rng.uniform(0.9, 1.1))]
+    polys = [
+        blob(c, size * rng.uniform(0.40, 0.45), 0.18, rng, n=160, aspect=rng.uniform(0.9, 1.1))
+    ]
     for _ in range(rng.integers(0, 3)):
         ang = rng.uniform(0, 2 * np.pi)
         cs = c + 0.42 * size * np.array([np.cos(ang), np.sin(ang)])
@@ -182,6 +184,7 @@ class _Placer:
         g = -(-size // GRID)
         self.tissue = np.zeros((g, g), np.uint8)
         self.used = np.zeros((g, g), np.uint8)
+        self._cells = None
 
     def try_place(self, poly: np.ndarray, margin: int) -> bool:
         """Accept `poly` if it lies in tissue and, grown by `margin` + 1 cells, touches nothing."""
@@ -204,9 +207,10 @@ class _Placer:
         return True
 
     def random_point(self) -> np.ndarray:
-        ys, xs = np.nonzero(self.tissue)
-        i = self.rng.integers(len(ys))
-        return (np.array([xs[i], ys[i]]) + self.rng.random(2)) * GRID
+        if self._cells is None:  # the tissue is fixed once placing starts
+            self._cells = np.argwhere(self.tissue)
+        y, x = self._cells[self.rng.integers(len(self._cells))]
+        return (np.array([x, y]) + self.rng.random(2)) * GRID
 
     def fill_area(self, target: float, radius, irregularity: float, margin: int, tries: int = 200):
         """Place blobs until their area reaches `target` (at least one if any fits)."""
@@ -216,7 +220,9 @@ class _Placer:
                 break
             # the last blob is no larger than the area still wanted, so targets are not overshot
             r = min(self.rng.uniform(*radius), max(radius[0], np.sqrt((target - done) / np.pi)))
-            poly = blob(self.random_point(), r, irregularity, self.rng, aspect=self.rng.uniform(0.7, 1))
+            poly = blob(
+                self.random_point(), r, irregularity, self.rng, aspect=self.rng.uniform(0.7, 1)
+            )
             if self.try_place(poly, margin):
                 out.append(poly)
                 done += _area(poly)
@@ -230,7 +236,9 @@ class _Placer:
                 break
             r = self.rng.uniform(*radius)
             off = self.rng.normal(0, spread * np.mean(radius) / 2, 2)
-            poly = blob(centre + off, r, irregularity, self.rng, n=64, aspect=self.rng.uniform(0.8, 1))
+            poly = blob(
+                centre + off, r, irregularity, self.rng, n=64, aspect=self.rng.uniform(0.8, 1)
+            )
             if self.try_place(poly, margin):
                 out.append(poly)
         return out

@@ -113,7 +113,7 @@ def _plain(rng, tile, base, noise, shift) -> np.ndarray:
 
 
 def _draw_wrapped(canvas, centers, axes, angles, value) -> None:
-    """Filled anti-aliased ellipses on a seamless tile: shapes crossing an edge reappear opposite."""
+    """Filled anti-aliased ellipses on a seamless tile: edge-crossing shapes reappear opposite."""
     t = canvas.shape[0]
     for (cx, cy), (a, b), ang in zip(centers, axes, angles, strict=True):
         r = max(a, b) + 2
@@ -122,8 +122,16 @@ def _draw_wrapped(canvas, centers, axes, angles, value) -> None:
                 x, y = cx + dx, cy + dy
                 if -r <= x < t + r and -r <= y < t + r:
                     cv2.ellipse(
-                        canvas, (int(x * 16), int(y * 16)), (int(a * 16), int(b * 16)), float(ang),
-                        0, 360, value, -1, cv2.LINE_AA, 4,
+                        canvas,
+                        (int(x * 16), int(y * 16)),
+                        (int(a * 16), int(b * 16)),
+                        float(ang),
+                        0,
+                        360,
+                        value,
+                        -1,
+                        cv2.LINE_AA,
+                        4,
                     )
 
 
@@ -209,7 +217,9 @@ def _fat(rng, tile, shift) -> np.ndarray:
             for x, y in seeds + (dx + pad, dy + pad):
                 if 0 <= x < size and 0 <= y < size:
                     canvas[int(y), int(x)] = 0
-    _, labels = cv2.distanceTransformWithLabels(canvas, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_CCOMP)
+    _, labels = cv2.distanceTransformWithLabels(
+        canvas, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_CCOMP
+    )
     edge = (labels != np.roll(labels, 1, 0)) | (labels != np.roll(labels, 1, 1))
     edge = edge[pad : pad + tile, pad : pad + tile].astype(np.float32)
     m = np.clip(_wrap_blur(edge, 0.8) * 2.5, 0, 1)[..., None]

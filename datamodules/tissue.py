@@ -20,7 +20,7 @@ MIN_SATURATION = 20
 #: ... nor below this darkness (255 - grey): faint but colourless tissue (frozen sections,
 #: poorly stained areas) is still caught when it is clearly darker than glass.
 MIN_DARKNESS = 30
-#: Pixels darker than this grey value are pen marks, cover-slip edges or scanner borders, not tissue.
+#: Pixels darker than this grey value are pen marks, cover-slip edges or scanner borders.
 BLACK_LEVEL = 25
 
 
@@ -99,7 +99,7 @@ def _clean(mask: np.ndarray, mpp: float, *, min_area_um2: float, close_um: float
 
 
 def _drop_small(m: np.ndarray, min_px: float, keep_border: bool = False) -> np.ndarray:
-    """Zero the 8-connected components of `m` smaller than `min_px` (border-touching kept if asked)."""
+    """Zero 8-connected components of `m` smaller than `min_px` (keep border-touching if asked)."""
     if min_px <= 1:
         return m
     n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)

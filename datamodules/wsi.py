@@ -48,6 +48,8 @@ class WSIDataModule(pl.LightningDataModule):
         min_tissue: keep targets with at least this Otsu tissue fraction (0 = no masking).
         balance_rates: DMMN elastic class balancing rate r_c per class (None = off).
         class_order: highest-order class first; decides a patch's class for balancing.
+        balance_deform: elastically deform the extra copies (the paper); False repeats them
+            as they are (only augmentation differs): ~10x cheaper, for CPU-budget runs.
         augment: rotations, flips, brightness/contrast/colour jitter on the training split.
         max_patches: per split cap (train, val, test); training draws a fresh random subset
             of the balanced patches each epoch, val/test use one fixed seeded subset; None = all.
@@ -69,6 +71,7 @@ class WSIDataModule(pl.LightningDataModule):
         min_tissue: float = 0.1,
         balance_rates: list[int] | None = None,
         class_order: list[int] | None = None,
+        balance_deform: bool = True,
         augment: bool = True,
         max_patches: tuple[int | None, int | None, int | None] = (None, None, None),
         batch_size: int = 8,
@@ -215,7 +218,7 @@ class WSIDataModule(pl.LightningDataModule):
         after = expected_counts_after_balancing(counts, classes, hp.balance_rates)
         self.class_pixel_counts = after
         print(format_counts(self.counts_before, after, list(self.class_map.classes)), flush=True)
-        new_entries = [(*entries[i][:3], deform) for i, deform in index]
+        new_entries = [(*entries[i][:3], deform and hp.balance_deform) for i, deform in index]
         return new_entries, counts[[i for i, _ in index]]
 
     # ------------------------------------------------------------------ loaders

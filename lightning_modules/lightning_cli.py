@@ -28,8 +28,12 @@ class WsisegCLI(LightningCLI):
 
 
 def _make_cli(args: list[str], run: bool) -> WsisegCLI:
-    """Build the CLI with `args` as sys.argv (so help and errors say `wsiseg`)."""
-    saved, sys.argv = sys.argv, ["wsiseg", *args]
+    """Build the CLI with `args` as sys.argv; help and errors say `wsiseg` (``prog``).
+
+    sys.argv[0] stays the real script: DDP's launcher re-runs it for the other ranks while
+    `fit` runs inside this call.
+    """
+    saved, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "wsiseg", *args]
     try:
         return WsisegCLI(
             LightningModule,
@@ -38,6 +42,7 @@ def _make_cli(args: list[str], run: bool) -> WsisegCLI:
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": False},
             auto_configure_optimizers=False,
+            parser_kwargs={"prog": "wsiseg"},
             run=run,
         )
     finally:

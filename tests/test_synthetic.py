@@ -77,8 +77,9 @@ def test_pyramids_as_tiffslide_and_slide_see_them(dataset):
     assert patch.shape == (256, 256, 3) and patch.std() > 5
     # mask levels are nearest-neighbour copies of level 0 (no invented in-between values)
     mask0 = read_mask(out / rec["files"]["mask"])
-    level2 = Slide(out / rec["files"]["mask"]).read((0, 0), (SIZE // 4,) * 2, mpp=2.0, raw=True,
-                                                    resample="nearest")
+    level2 = Slide(out / rec["files"]["mask"]).read(
+        (0, 0), (SIZE // 4,) * 2, mpp=2.0, raw=True, resample="nearest"
+    )
     assert np.array_equal(level2, mask0[::4, ::4])
     assert set(np.unique(mask0)) <= {1, 2, 3, 4}  # no unlabeled pixels by default
 
@@ -107,7 +108,9 @@ def test_same_seed_same_bytes_other_seed_differs(dataset, tmp_path):
         for f in rec["files"].values():
             assert (tmp_path / "again" / f).read_bytes() == (out / f).read_bytes(), f
     other = generate(tmp_path / "other", progress=False, n_slides=1, size=SIZE, seed=1)
-    assert (tmp_path / "other" / "slide_00.tiff").read_bytes() != (out / "slide_00.tiff").read_bytes()
+    assert (tmp_path / "other" / "slide_00.tiff").read_bytes() != (
+        out / "slide_00.tiff"
+    ).read_bytes()
     assert other["slides"][0]["pixel_counts"] != manifest["slides"][0]["pixel_counts"]
 
 
@@ -130,7 +133,9 @@ def test_unlabeled_bands_only_along_boundaries(dataset, tmp_path):
     for rec, rec_band in zip(manifest["slides"], band["slides"], strict=True):
         # the image and the XML do not change, only the mask
         for key in ("image", "annotations"):
-            assert (tmp_path / rec["files"][key]).read_bytes() == (out / rec["files"][key]).read_bytes()
+            assert (tmp_path / rec["files"][key]).read_bytes() == (
+                out / rec["files"][key]
+            ).read_bytes()
         full = read_mask(out / rec["files"]["mask"])
         partial = read_mask(tmp_path / rec["files"]["mask"])
         zero = partial == 0
@@ -145,7 +150,9 @@ def test_label_noise_changes_annotations_not_pixels(dataset, tmp_path):
     out, manifest = dataset
     noisy = generate(tmp_path, progress=False, label_noise=0.5, **PARAMS)
     for rec, rec_noisy in zip(manifest["slides"], noisy["slides"], strict=True):
-        assert (tmp_path / rec["files"]["image"]).read_bytes() == (out / rec["files"]["image"]).read_bytes()
+        assert (tmp_path / rec["files"]["image"]).read_bytes() == (
+            out / rec["files"]["image"]
+        ).read_bytes()
         n_regions = sum(rec["regions"].values())
         assert len(rec_noisy["relabelled"]) == round(0.5 * n_regions)
         assert all(r["true"] != r["annotated"] for r in rec_noisy["relabelled"])
@@ -166,7 +173,7 @@ def test_benign_differs_from_stroma_only_at_20x():
 
 
 def test_in_situ_and_invasive_share_the_20x_texture():
-    """Hypothesis (a): both are EPITHELIUM inside; only in situ has a rim, only invasive has cords."""
+    """Hypothesis (a): both are EPITHELIUM inside; only in situ has a rim, invasive has cords."""
     lay = layout_default(4096, slide_rngs(0, 0)[0])
     tex = lay.tex
     seen = {IN_SITU: 0, INVASIVE: 0, BENIGN_CLS: 0}

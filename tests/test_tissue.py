@@ -1,4 +1,4 @@
-"""Tissue masks on real slides (glass, no glass, frozen section), synthetic slides and edge cases."""
+"""Tissue masks on real slides (glass, no glass, frozen), synthetic slides and edge cases."""
 
 from __future__ import annotations
 

@@ -1,0 +1,137 @@
+"""The DMMN experiments through the real `wsiseg` CLI: the shipped YAMLs, a trainer overlay and
+tests/conf/tiny.yaml (width x0.125, batch 2, no workers) on the session's synthetic slides.
+
+Paths that differ per test (data root, run folders) go on the command line, so nothing is
+written under the repository's runs/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_modules.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+TINY = ROOT / "tests" / "conf" / "tiny.yaml"
+ARCHS = ["s2", "ms", "m2s", "m3"]
+
+
+def args(
+    command: str, arch: str, data: Path, out: Path, trainer: str = "cpu", schedule: str = ""
+) -> list[str]:
+    """As `make train`: experiment, trainer overlay, optional schedule overlay, then tiny.yaml."""
+    overlays = [EXPERIMENTS / f"dmmn_{arch}.yaml", EXPERIMENTS / "trainer" / f"{trainer}.yaml"]
+    if schedule:
+        overlays.append(EXPERIMENTS / "schedule" / f"{schedule}.yaml")
+    return [
+        command,
+        *[a for path in [*overlays, TINY] for a in ("--config", str(path))],
+        "--data.init_args.root", str(data),
+        "--trainer.default_root_dir", str(out),
+        "--trainer.logger.init_args.save_dir", str(out),
+    ]  # fmt: skip
+
+
+def runs_listing() -> set[str]:
+    runs = ROOT / "runs"
+    return {str(p) for p in runs.rglob("*")} if runs.is_dir() else set()
+
+
+@pytest.fixture
+def untouched_runs():
+    """Fails the test if it wrote anything under the repository's runs/."""
+    before = runs_listing()
+    yield
+    assert runs_listing() == before
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fast_dev_run(arch, synthetic_root, tmp_path, capsys, untouched_runs):
+    rc = main([*args("fit", arch, synthetic_root, tmp_path), "--trainer.fast_dev_run", "1"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    assert "DMMN class weights" in out.out  # weights from the balanced training counts
+    assert "invasive" in out.out and "gain" in out.out  # the balancing table
+    # one validation batch went through the net and was drawn
+    assert (tmp_path / "overlays" / "val_epoch000_0.png").is_file()
+
+
+def test_train_writes_results(synthetic_root, tmp_path, capsys, untouched_runs):
+    limits = [
+        "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1",
+        "--trainer.limit_test_batches", "2",
+        "--trainer.num_sanity_val_steps", "0",
+    ]  # fmt: skip
+    rc = main([*args("train", "m3", synthetic_root, tmp_path, schedule="cpu_budget"), *limits])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    assert "schedule: REDUCED — CPU budget" in out.out
+    run = tmp_path / "dmmn_m3" / "version_0"
+    md, js = run / "results.md", run / "results.json"
+    assert md.is_file() and js.is_file(), sorted(map(str, tmp_path.rglob("*")))
+    table = md.read_text()
+    for name in ("normal", "benign", "in situ", "invasive"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert len(row.split("|")) == 6  # class, IoU, recall, precision
+    assert "| **mIoU** |" in table and "| **BACH score** |" in table
+    result = json.loads(js.read_text())
+    assert result["method"] == "DMMN" and result["hparams"]["arch"] == "m3"
+    assert result["hparams"]["width"] == 0.125  # tiny.yaml comes after the schedule overlay
+    assert result["schedule"].startswith("CPU budget")
+    assert 0.0 <= result["scores"]["miou"] <= 1.0
+    assert result["best_checkpoint"] and Path(result["best_checkpoint"]).is_file()
+    assert len(result["confusion"]) == 4 and sum(map(sum, result["confusion"])) > 0
+    assert (run / "config.yaml").is_file()  # LightningCLI saved the resolved config
+
+
+def wsiseg_command() -> list[str]:
+    """The installed console script (as users run it), else `python -m lightning_modules.cli`."""
+    script = Path(sys.executable).with_name("wsiseg")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("wsiseg")
+    return [found] if found else [sys.executable, "-m", "lightning_modules.cli"]
+
+
+def test_misspelt_key_is_a_clean_error(synthetic_root, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    widht: 0.125\n")
+    r = subprocess.run(
+        [*wsiseg_command(), *args("fit", "m3", synthetic_root, tmp_path),
+         "--config", str(bad), "--trainer.fast_dev_run", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "widht" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "overlays").exists()  # failed before training
+
+
+def test_missing_data_root_is_one_line(tmp_path, capsys):
+    rc = main([*args("fit", "s2", tmp_path / "nowhere", tmp_path), "--trainer.fast_dev_run", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "nowhere: no such data folder" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(synthetic_root, tmp_path):
+    """dmmn_m3 under experiments/trainer/ddp_cpu.yaml: 2 gloo ranks, through the console script."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run(
+        [*wsiseg_command(), *args("fit", "m3", synthetic_root, tmp_path, trainer="ddp_cpu"),
+         "--trainer.fast_dev_run", "2"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "MEMBER: 2/2" in r.stderr or "MEMBER: 2/2" in r.stdout  # both ranks joined
+    assert "Traceback" not in r.stderr

@@ -59,7 +59,8 @@ class DMMN(SegmentationTask):
     def configure_losses(self) -> None:
         hp = self.hparams
         if hp.class_weights is not None:
-            self.criterion = WeightedCrossEntropy(torch.tensor(hp.class_weights, dtype=torch.float32))
+            weights = torch.tensor(hp.class_weights, dtype=torch.float32)
+            self.criterion = WeightedCrossEntropy(weights, self.ignore_index)
         else:
             self.criterion = WeightedCrossEntropy.uniform(hp.num_classes, self.ignore_index)
 

@@ -60,7 +60,8 @@ def run_train(args: list[str]) -> int:
 
     if args and args[0] in ("-h", "--help"):
         print(
-            "usage: wsiseg train --config EXPERIMENT.yaml [--config OVERLAY.yaml ...] [--key value]\n"
+            "usage: wsiseg train --config EXPERIMENT.yaml [--config OVERLAY.yaml ...]"
+            " [--key value]\n"
             "\nFit, then test the best checkpoint (val/miou), then print the results table and\n"
             "write results.md/results.json and overlays under the run folder. Takes the same\n"
             "options as `wsiseg fit` (see `wsiseg fit --help`)."

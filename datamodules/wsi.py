@@ -251,6 +251,10 @@ class WSIDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split's patches (whole-slide inference has its own command)."""
+        return self._loader("test")
+
 
 def patch_class_from_counts(counts: np.ndarray, class_order) -> int | None:
     """Highest-order class present in a patch, from its per-class pixel counts."""

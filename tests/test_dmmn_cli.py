@@ -40,31 +40,33 @@ def args(
     ]  # fmt: skip
 
 
-def runs_listing() -> set[str]:
-    runs = ROOT / "runs"
-    return {str(p) for p in runs.rglob("*")} if runs.is_dir() else set()
-
-
 @pytest.fixture
-def untouched_runs():
-    """Fails the test if it wrote anything under the repository's runs/."""
-    before = runs_listing()
-    yield
-    assert runs_listing() == before
+def out(tmp_path, monkeypatch):
+    """The run folder; the test runs in an empty working directory that must stay empty.
+
+    The experiments say ``runs`` (relative): had an override not taken, output would land in
+    the working directory. (Comparing the repo's runs/ before and after is racy: a real
+    training job may be writing there.)
+    """
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield tmp_path / "out"
+    assert sorted(p.name for p in cwd.iterdir()) == []
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_fast_dev_run(arch, synthetic_root, tmp_path, capsys, untouched_runs):
-    rc = main([*args("fit", arch, synthetic_root, tmp_path), "--trainer.fast_dev_run", "1"])
-    out = capsys.readouterr()
-    assert rc == 0, out.err[-3000:]
-    assert "DMMN class weights" in out.out  # weights from the balanced training counts
-    assert "invasive" in out.out and "gain" in out.out  # the balancing table
+def test_fast_dev_run(arch, synthetic_root, out, capsys):
+    rc = main([*args("fit", arch, synthetic_root, out), "--trainer.fast_dev_run", "1"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err[-3000:]
+    assert "DMMN class weights" in printed.out  # weights from the balanced training counts
+    assert "invasive" in printed.out and "gain" in printed.out  # the balancing table
     # one validation batch went through the net and was drawn
-    assert (tmp_path / "overlays" / "val_epoch000_0.png").is_file()
+    assert (out / "overlays" / "val_epoch000_0.png").is_file()
 
 
-def test_train_writes_results(synthetic_root, tmp_path, capsys, untouched_runs):
+def test_train_writes_results(synthetic_root, out, capsys):
     limits = [
         "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "2",
@@ -72,13 +74,13 @@ def test_train_writes_results(synthetic_root, tmp_path, capsys, untouched_runs):
         "--trainer.limit_test_batches", "2",
         "--trainer.num_sanity_val_steps", "0",
     ]  # fmt: skip
-    rc = main([*args("train", "m3", synthetic_root, tmp_path, schedule="cpu_budget"), *limits])
-    out = capsys.readouterr()
-    assert rc == 0, out.err[-3000:]
-    assert "schedule: REDUCED — CPU budget" in out.out
-    run = tmp_path / "dmmn_m3" / "version_0"
+    rc = main([*args("train", "m3", synthetic_root, out, schedule="cpu_budget"), *limits])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err[-3000:]
+    assert "schedule: REDUCED — CPU budget" in printed.out
+    run = out / "dmmn_m3" / "version_0"
     md, js = run / "results.md", run / "results.json"
-    assert md.is_file() and js.is_file(), sorted(map(str, tmp_path.rglob("*")))
+    assert md.is_file() and js.is_file(), sorted(map(str, out.rglob("*")))
     table = md.read_text()
     for name in ("normal", "benign", "in situ", "invasive"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
@@ -88,6 +90,7 @@ def test_train_writes_results(synthetic_root, tmp_path, capsys, untouched_runs):
     assert result["method"] == "DMMN" and result["hparams"]["arch"] == "m3"
     assert result["hparams"]["width"] == 0.125  # tiny.yaml comes after the schedule overlay
     assert result["schedule"].startswith("CPU budget")
+    assert result["hparams"]["optimizer"] == "adam"  # from the schedule overlay
     assert 0.0 <= result["scores"]["miou"] <= 1.0
     assert result["best_checkpoint"] and Path(result["best_checkpoint"]).is_file()
     assert len(result["confusion"]) == 4 and sum(map(sum, result["confusion"])) > 0
@@ -103,35 +106,38 @@ def wsiseg_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "lightning_modules.cli"]
 
 
-def test_misspelt_key_is_a_clean_error(synthetic_root, tmp_path):
+def wsiseg(*argv: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run `wsiseg` in a fresh process, in the current (test) working directory."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [*wsiseg_command(), *argv], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_misspelt_key_is_a_clean_error(synthetic_root, out, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  init_args:\n    widht: 0.125\n")
-    r = subprocess.run(
-        [*wsiseg_command(), *args("fit", "m3", synthetic_root, tmp_path),
-         "--config", str(bad), "--trainer.fast_dev_run", "1"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )  # fmt: skip
+    r = wsiseg(*args("fit", "m3", synthetic_root, out), "--config", str(bad),
+               "--trainer.fast_dev_run", "1", timeout=300)  # fmt: skip
     assert r.returncode != 0
     assert "widht" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "overlays").exists()  # failed before training
+    assert not out.exists()  # failed before training
 
 
-def test_missing_data_root_is_one_line(tmp_path, capsys):
-    rc = main([*args("fit", "s2", tmp_path / "nowhere", tmp_path), "--trainer.fast_dev_run", "1"])
+def test_missing_data_root_is_one_line(tmp_path, out, capsys):
+    rc = main([*args("fit", "s2", tmp_path / "nowhere", out), "--trainer.fast_dev_run", "1"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "nowhere: no such data folder" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(synthetic_root, tmp_path):
-    """dmmn_m3 under experiments/trainer/ddp_cpu.yaml: 2 gloo ranks, through the console script."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run(
-        [*wsiseg_command(), *args("fit", "m3", synthetic_root, tmp_path, trainer="ddp_cpu"),
-         "--trainer.fast_dev_run", "2"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, env=env,
-    )  # fmt: skip
+def test_ddp_two_cpu_processes(synthetic_root, out):
+    """dmmn_m3 under experiments/trainer/ddp_cpu.yaml: 2 gloo ranks, through the console script
+    (the launcher re-runs the script for rank 1, so sys.argv[0] must be the real one)."""
+    r = wsiseg(*args("fit", "m3", synthetic_root, out, trainer="ddp_cpu"),
+               "--trainer.fast_dev_run", "2", timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "MEMBER: 2/2" in r.stderr or "MEMBER: 2/2" in r.stdout  # both ranks joined
     assert "Traceback" not in r.stderr
+    assert (out / "overlays" / "val_epoch000_0.png").is_file()

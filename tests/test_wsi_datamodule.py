@@ -154,6 +154,13 @@ def test_class_balancing_raises_rare_class_share(synthetic_root, capsys):
     deformed = [i for i, e in enumerate(entries) if e[3]]
     item = dm.datasets["train"][deformed[0]]
     assert item["image"].shape == (3, 3, 256, 256) and 1 in item["label"].unique().tolist()
+    # the CPU schedule repeats the copies instead of deforming them: same entries, no warps
+    repeat = make(synthetic_root, balance_rates=[1, 4, 1, 1], class_order=[1, 3, 2, 0],
+                  balance_deform=False)
+    capsys.readouterr()
+    assert [e[:3] for e in repeat.datasets["train"].entries] == [e[:3] for e in entries]
+    assert not any(e[3] for e in repeat.datasets["train"].entries)
+    np.testing.assert_array_equal(repeat.class_pixel_counts, after)
 
 
 def test_experiment_balancing_favours_lesions(synthetic_root, capsys):

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .tilecache import TiledLevel, TileStats, process_cache
 
 #: Level-0 resolutions outside this range are treated as metadata errors (e.g. a 96-DPI tag
 #: gives 264 um/px); a 1.25x scan is about 8 um/px, a 80x scan about 0.12 um/px.
@@ -44,6 +45,8 @@ class Slide:
         self.pad_value = int(pad_value)
         self._handle = None
         self._pid = None
+        self._levels: dict[int, TiledLevel | None] = {}
+        self.tile_stats = TileStats()
         if not self.path.exists():
             raise InputError(self.path, "file not found")
         if self.path.is_dir():
@@ -111,7 +114,26 @@ class Slide:
         if self._handle is None or self._pid != os.getpid():
             self._handle = _open_image(self.path) if self.is_plain_image else _open_tiff(self.path)
             self._pid = os.getpid()
+            self._levels = {}
+            self.tile_stats = TileStats()
         return self._handle
+
+    def tiled_level(self, level: int) -> TiledLevel | None:
+        """Tile-by-tile decoder of a TIFF level (None: plain image or an unusual layout)."""
+        handle = self.handle
+        if self.is_plain_image:
+            return None
+        if level not in self._levels:
+            try:
+                page = handle.ts_tifffile.series[0].levels[level].keyframe
+                fh = handle.ts_tifffile.filehandle
+                ok = TiledLevel.supports(page) and tuple(page.shape[:2])[::-1] == tuple(
+                    self.level_dimensions[level]
+                )
+                self._levels[level] = TiledLevel(f"{self.path}:{level}", page, fh) if ok else None
+            except (IndexError, AttributeError):
+                self._levels[level] = None
+        return self._levels[level]
 
     def read(
         self,
@@ -176,9 +198,12 @@ class Slide:
         handle = self.handle
         if self.is_plain_image:
             return handle[y : y + h, x : x + w]
+        tiled = self.tiled_level(level)
+        if tiled is not None:
+            return tiled.read(x, y, w, h, process_cache(), self.tile_stats)
         ds = self.level_downsamples[level]
-        # tiffslide takes the location in level-0 coordinates
-        loc = (int(round(x * ds)), int(round(y * ds)))
+        # tiffslide takes a level-0 location and floors loc / ds: ceil makes that exactly (x, y)
+        loc = (math.ceil(x * ds - 1e-9), math.ceil(y * ds - 1e-9))
         return handle.read_region(loc, level, (w, h), as_array=True, padding=False)
 
     def thumbnail(self, mpp: float) -> np.ndarray:
@@ -195,6 +220,8 @@ class Slide:
         state = self.__dict__.copy()
         state["_handle"] = None
         state["_pid"] = None
+        state["_levels"] = {}
+        state["tile_stats"] = TileStats()
         return state
 
     def __repr__(self) -> str:
@@ -299,6 +326,8 @@ def _image_meta(path: Path) -> dict:
 
 
 def _as_rgb(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
     if a.ndim == 2:
         return np.repeat(a[..., None], 3, axis=2).astype(np.uint8, copy=False)
     return a[..., :3].astype(np.uint8, copy=False)

@@ -44,6 +44,8 @@ class ClassMap:
     colors: tuple[tuple[int, int, int], ...] = ()
     precedence: tuple[int, ...] | str = ()
     source: str | None = field(default=None, compare=False)
+    groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Named sets of classes scored as one (e.g. BACH carcinoma = in situ + invasive)."""
 
     @property
     def num_classes(self) -> int:
@@ -146,6 +148,11 @@ def _parse(name: str, spec: dict, source: str) -> ClassMap:
         missing = set(range(len(classes))) - set(precedence)
         if missing:
             raise InputError(where, f"precedence misses {[classes[i] for i in sorted(missing)]}")
+    groups = {}
+    for group, members in (spec.get("groups") or {}).items():
+        if not isinstance(members, list) or not members:
+            raise InputError(where, f"group {group!r} needs a non-empty list of classes")
+        groups[str(group)] = tuple(_class_ref(m, classes, where, ()) for m in members)
     return ClassMap(
         name=str(spec.get("name", name)),
         classes=tuple(classes),
@@ -156,6 +163,7 @@ def _parse(name: str, spec: dict, source: str) -> ClassMap:
         colors=colors,
         precedence=precedence,
         source=source,
+        groups=groups,
     )
 
 

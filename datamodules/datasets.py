@@ -2,7 +2,10 @@
 
 Samples are dicts: ``image`` uint8 ``(V, 3, H, W)`` (``(3, H, W)`` for one view), ``label`` int64
 ``(H, W)`` with 255 = unlabeled, ``meta`` (slide name, level-0 x, y). Images stay uint8 until the
-LightningModule normalizes them on its device.
+LightningModule normalizes them on its device. A view may return a third item, a dict of extra
+arrays (e.g. RAZN's zoomed fields and their labels, of other sizes): each becomes a sample entry
+of its own, ``(H', W', 3)`` images as uint8 ``(3, H', W')`` and ``(H', W')`` labels as int64,
+augmented with the same random parameters as the views.
 """
 
 from __future__ import annotations
@@ -27,12 +30,17 @@ class SlideSource:
     split: str
 
 
-def augmentation(num_views: int):
+def augmentation(num_views: int, extra_targets: dict[str, str] | None = None):
     """Rotations by 90°, flips, brightness/contrast and colour jitter, applied with the same
-    random parameters to every view and the label (views share a centre, so they stay aligned)."""
+    random parameters to every view and the label (views share a centre, so they stay aligned).
+
+    ``extra_targets`` (name -> "image" | "mask") adds a view's extra arrays; they may differ in
+    size from the views (a zoomed field), so the shape check is off for them.
+    """
     import albumentations as A
 
     extra = {f"image{i}": "image" for i in range(1, num_views)}
+    extra.update(extra_targets or {})
     return A.Compose(
         [
             A.RandomRotate90(p=1.0),
@@ -42,6 +50,7 @@ def augmentation(num_views: int):
             A.ColorJitter(brightness=0.0, contrast=0.0, saturation=0.1, hue=0.03, p=0.5),
         ],
         additional_targets=extra,
+        is_check_shapes=not extra_targets,
     )
 
 
@@ -68,22 +77,27 @@ class PatchDataset(Dataset):
         if deform:
             field, field_labels = self.view.read_field(src.slide, src.labels, (x, y))
             field, field_labels = elastic_deform(field, field_labels, item_rng(self.seed, i))
-            views, label = self.view.cut(field, field_labels)
+            views, label, extra = (*self.view.cut(field, field_labels), {})
         else:
-            views, label = self.view.read(src.slide, src.labels, (x, y))
+            views, label, *rest = self.view.read(src.slide, src.labels, (x, y))
+            extra = rest[0] if rest else {}
         if self.transform is not None:
-            views, label = self._augment(views, label)
+            views, label, extra = self._augment(views, label, extra)
         image = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2)
         if image.shape[0] == 1:
             image = image[0]
-        return {
+        sample = {
             "image": image,
             "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
             "meta": {"slide": src.name, "x": float(x), "y": float(y)},
         }
+        for name, arr in extra.items():
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            sample[name] = t.permute(2, 0, 1) if t.ndim == 3 else t.long()
+        return sample
 
-    def _augment(self, views: np.ndarray, label: np.ndarray):
-        extra = {f"image{i}": views[i] for i in range(1, len(views))}
-        out = self.transform(image=views[0], mask=label, **extra)
+    def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict):
+        more = {f"image{i}": views[i] for i in range(1, len(views))}
+        out = self.transform(image=views[0], mask=label, **more, **extra)
         stacked = [out["image"]] + [out[f"image{i}"] for i in range(1, len(views))]
-        return np.stack(stacked), out["mask"]
+        return np.stack(stacked), out["mask"], {k: out[k] for k in extra}

@@ -192,7 +192,9 @@ class WSIDataModule(pl.LightningDataModule):
             else:  # fixed, seeded evaluation subsets; training draws a fresh subset per epoch
                 entries, counts = self._subset(entries, counts, hp.max_patches[split_i], split_i)
             transform = (
-                augmentation(self.view.num_views) if split == "train" and hp.augment else None
+                augmentation(self.view.num_views, getattr(self.view, "extra_targets", None))
+                if split == "train" and hp.augment
+                else None
             )
             self.datasets[split] = PatchDataset(
                 sources, entries, self.view, transform, seed=hp.seed

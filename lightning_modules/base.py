@@ -78,6 +78,7 @@ class SegmentationTask(pl.LightningModule):
         self.num_overlays = int(num_overlays)
         self.norm_mean, self.norm_std = float(norm_mean), float(norm_std)
         self.class_names, self.class_colors, self.ordinal = self._class_info(class_map)
+        self.class_groups: dict[str, tuple[int, ...]] = {}  # from the class map: group_iou/<name>
         self.test_scores: dict[str, float] = {}
         self.val_scores: dict[str, float] = {}
         self.test_confusion: np.ndarray | None = None
@@ -94,6 +95,7 @@ class SegmentationTask(pl.LightningModule):
         from datamodules.classmaps import load_class_map  # the data side owns class maps
 
         cmap = load_class_map(class_map)
+        self.class_groups = dict(getattr(cmap, "groups", None) or {})
         if len(cmap.classes) != n:
             raise InputError(
                 getattr(cmap, "source", None),
@@ -140,10 +142,17 @@ class SegmentationTask(pl.LightningModule):
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
         return out
 
+    def batch_logits(self, batch: dict[str, Any]) -> Tensor:
+        """Logits of a batch dict on its label grid (the image's without a label): what eval
+        steps, `predict_step` and the timing callback call; methods that need more of the
+        batch than ``image`` (RAZN's zoomed fields) override this."""
+        label = batch.get("label")
+        return self.logits(batch["image"], None if label is None else label.shape[-2:])
+
     # ------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         label = batch["label"]
-        loss = self.criterion(self.logits(batch["image"], label.shape[-2:]), label)
+        loss = self.criterion(self.batch_logits(batch), label)
         self.log("train/loss", loss, batch_size=label.shape[0], prog_bar=True)
         return loss
 
@@ -172,7 +181,7 @@ class SegmentationTask(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], stage: str, cm: ConfusionMatrix) -> Tensor:
         label = batch["label"]
-        logits = self.logits(batch["image"], label.shape[-2:])
+        logits = self.batch_logits(batch)
         loss = self.criterion(logits, label)
         self.log(
             f"{stage}/loss",
@@ -189,8 +198,8 @@ class SegmentationTask(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         """Per-pixel class probabilities ``(B, C, H, W)`` float16 (on the target view's grid)."""
-        image = batch["image"] if isinstance(batch, dict) else batch
-        probs = torch.softmax(self.logits(image).float(), dim=1).to(torch.float16)
+        logits = self.batch_logits(batch) if isinstance(batch, dict) else self.logits(batch)
+        probs = torch.softmax(logits.float(), dim=1).to(torch.float16)
         meta = batch.get("meta") if isinstance(batch, dict) else None
         return {"probs": probs, "meta": meta}
 
@@ -219,7 +228,9 @@ class SegmentationTask(pl.LightningModule):
         """Compute (syncs ranks), log finite scores as ``<stage>/<key>``, reset."""
         if not cm.update_called:
             return None
-        result = scores(cm.compute().cpu().numpy(), self.class_names, self.ordinal)
+        result = scores(
+            cm.compute().cpu().numpy(), self.class_names, self.ordinal, self.class_groups
+        )
         cm.reset()
         finite = {f"{stage}/{k}": v for k, v in result.items() if math.isfinite(v)}
         # Values are identical on every rank already; sync_dist only keeps Lightning from

@@ -11,13 +11,17 @@ import sys
 from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.cli import LightningCLI
 
+from .loggers import WandbOptions, make_wandb_logger
+
 PAPER = "paper"
 
 
 class WsisegCLI(LightningCLI):
-    """Lightning's CLI plus `--schedule`, a note that says which training schedule a run used."""
+    """Lightning's CLI plus `--schedule` (which training schedule a run used) and `--wandb.*`
+    (a wandb logger added next to the experiment's CSV logger)."""
 
     def add_arguments_to_parser(self, parser) -> None:
+        parser.add_class_arguments(WandbOptions, "wandb")
         parser.add_argument(
             "--schedule",
             type=str,
@@ -25,6 +29,19 @@ class WsisegCLI(LightningCLI):
             help="the training schedule's description, printed and stored with the results "
             "(experiments/schedule/*.yaml set it; default: the paper's settings)",
         )
+
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        options = WandbOptions(**dict(config.get("wandb") or {}))
+        if not options.enabled or self.subcommand not in (None, "fit", "validate", "test"):
+            return
+        csv = next((lg for lg in self.trainer.loggers if hasattr(lg, "name")), None)
+        experiment = getattr(csv, "name", "") or ""
+        save_dir = getattr(csv, "save_dir", None) or self.trainer.default_root_dir
+        wandb = make_wandb_logger(options, self.model, self.datamodule, experiment, save_dir)
+        self.trainer.loggers = [*self.trainer.loggers, wandb]
 
 
 def _make_cli(args: list[str], run: bool) -> WsisegCLI:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -115,14 +115,36 @@ def bach_score(cm) -> float:
     return 1.0 if den == 0 else 1.0 - num / den
 
 
-def scores(cm, class_names: Sequence[str], ordinal: bool = False) -> dict[str, float]:
+def group_iou(cm, groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """IoU of each named group of classes merged into one class: ``group_iou/<name>``.
+
+    A pixel counts as a true positive of a group when truth and prediction both lie in it,
+    so confusions inside a group (e.g. in situ vs invasive inside "carcinoma") do not count.
+    """
+    m = np.asarray(cm.detach().cpu().numpy() if isinstance(cm, torch.Tensor) else cm, float)
+    out = {}
+    for name, members in groups.items():
+        idx = np.asarray(list(members), dtype=int)
+        tp = m[np.ix_(idx, idx)].sum()
+        union = m[idx, :].sum() + m[:, idx].sum() - tp
+        out[f"group_iou/{class_key(name)}"] = float(tp / union) if union > 0 else math.nan
+    return out
+
+
+def scores(
+    cm,
+    class_names: Sequence[str],
+    ordinal: bool = False,
+    groups: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, float]:
     """All scores of a confusion matrix ``cm[truth, prediction]`` as plain floats.
 
     Keys: ``iou/<class>``, ``recall/<class>``, ``precision/<class>`` (NaN where undefined),
     ``miou`` (mean IoU over classes present in truth or prediction), ``weighted_iou`` (IoU
     weighted by inverse truth frequency over classes present in truth, as RAZN reports it, so
     rare classes count as much as common ones), ``accuracy`` (pixel accuracy) and, when
-    ``ordinal``, ``bach_score``.  ``<class>`` is ``class_key(name)``.
+    ``ordinal``, ``bach_score``; with ``groups`` (name -> class indices) also
+    ``group_iou/<name>`` (:func:`group_iou`).  ``<class>`` is ``class_key(name)``.
     """
     m = _as_matrix(cm, class_names)
     tp = np.diag(m)
@@ -149,6 +171,8 @@ def scores(cm, class_names: Sequence[str], ordinal: bool = False) -> dict[str, f
     out["accuracy"] = float(tp.sum() / total) if total > 0 else math.nan
     if ordinal:
         out["bach_score"] = bach_score(m)
+    if groups:
+        out.update(group_iou(m, groups))
     return out
 
 
@@ -177,6 +201,11 @@ def format_table(result: dict[str, float], class_names: Sequence[str]) -> str:
         cells = [_fmt(result.get(f"{m}/{key}")) for m in ("iou", "recall", "precision")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     summary = [("mIoU", "miou"), ("weighted IoU", "weighted_iou"), ("pixel accuracy", "accuracy")]
+    summary += [
+        (f"IoU {k.split('/', 1)[1].replace('_', ' ')}", k)
+        for k in result
+        if k.startswith("group_iou/")
+    ]
     if "bach_score" in result:
         summary.append(("BACH score", "bach_score"))
     for label, key in summary:

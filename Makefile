@@ -15,7 +15,7 @@ DATA_CFG := $(if $(DATA),--config experiments/data/$(DATA).yaml,)
 SCHEDULE_CFG := $(if $(filter-out paper,$(SCHEDULE)),--config experiments/schedule/$(SCHEDULE).yaml,)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full data train lint clean
+.PHONY: help install test test-full data train compare lint clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [EXP=dmmn_m3] [DATA=...] [TRAINER=cpu|gpu|ddp_cpu] [ARGS=...]"
@@ -43,6 +43,10 @@ train: install ## fit + test EXP (default dmmn_m3) on DATA (default: synthetic);
 	@if [ -z "$(DATA)" ]; then $(MAKE) --no-print-directory data; fi
 	$(VENV)/bin/wsiseg train --config experiments/$(EXP).yaml $(DATA_CFG) \
 	  --config experiments/trainer/$(TRAINER).yaml $(SCHEDULE_CFG) $(ARGS)
+
+RUNS ?= runs
+compare: install ## table + bar plot of finished runs under RUNS (default: runs/) -> comparison.*
+	$(VENV)/bin/wsiseg compare $(RUNS) --out $(RUNS)/comparison --overwrite
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

@@ -77,8 +77,8 @@ class SegmentationTask(pl.LightningModule):
         self.ignore_index = int(ignore_index)
         self.num_overlays = int(num_overlays)
         self.norm_mean, self.norm_std = float(norm_mean), float(norm_std)
-        self.class_names, self.class_colors, self.ordinal = self._class_info(class_map)
         self.class_groups: dict[str, tuple[int, ...]] = {}  # from the class map: group_iou/<name>
+        self.class_names, self.class_colors, self.ordinal = self._class_info(class_map)
         self.test_scores: dict[str, float] = {}
         self.val_scores: dict[str, float] = {}
         self.test_confusion: np.ndarray | None = None

@@ -26,6 +26,7 @@ def _tool_commands() -> dict:
     return {
         "synth": ("lightning_modules.commands.synth", "generate the synthetic benchmark slides"),
         "info": ("lightning_modules.commands.info", "describe a slide (and its annotations)"),
+        "compare": ("lightning_modules.commands.compare", "one table + bar plot of finished runs"),
     }
 
 

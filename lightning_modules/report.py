@@ -52,8 +52,20 @@ def write_report(trainer, model, schedule: str, best_checkpoint: str | None) -> 
     ]
     text = "\n".join(lines) + "\n"
     (run_dir / "results.md").write_text(text)
+    timing = {
+        k.split("/", 1)[1]: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("test/relative_inference_time")
+    }
+    data = getattr(trainer, "datamodule", None)
+    root = getattr(getattr(data, "hparams", None), "root", None)
     payload = {
+        "experiment": getattr(trainer.logger, "name", None) if trainer.logger else None,
         "method": type(model).__name__,
+        "arch": dict(model.hparams).get("arch"),
+        "data": None if root is None else str(root),
+        "class_names": names,
+        **timing,
         "hparams": {k: v for k, v in dict(model.hparams).items() if _jsonable(v)},
         "scores": _clean(scores),
         "majority_scores": _clean(majority),

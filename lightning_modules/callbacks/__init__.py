@@ -1,0 +1,1 @@
+"""Trainer callbacks shared by every method (timing, …)."""

@@ -15,7 +15,7 @@ DATA_CFG := $(if $(DATA),--config experiments/data/$(DATA).yaml,)
 SCHEDULE_CFG := $(if $(filter-out paper,$(SCHEDULE)),--config experiments/schedule/$(SCHEDULE).yaml,)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full data train compare lint clean
+.PHONY: help install test test-full data train compare bench lint clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [EXP=dmmn_m3] [DATA=...] [TRAINER=cpu|gpu|ddp_cpu] [ARGS=...]"
@@ -47,6 +47,9 @@ train: install ## fit + test EXP (default dmmn_m3) on DATA (default: synthetic);
 RUNS ?= runs
 compare: install ## table + bar plot of finished runs under RUNS (default: runs/) -> comparison.*
 	$(VENV)/bin/wsiseg compare $(RUNS) --out $(RUNS)/comparison --overwrite
+
+bench: install ## read / decode / whole-slide benchmarks on a 16k² synthetic slide (docs/benchmarks.md)
+	$(PY) -m benchmarks.run
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

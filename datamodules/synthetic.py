@@ -57,7 +57,8 @@ def generate(
             boundary between classes, in the mask only (DMMN-style partial annotation); 0 = off.
         label_noise: fraction of lesion regions whose annotated class (mask and XML) is replaced
             by another class, normal included (a missed lesion); the pixels keep the true class.
-        layout: "default" (BACH-like breast tissue); "tiger" is reserved for a later issue.
+        layout: "default" (BACH-like breast tissue) or "tiger" (TIGER's WSIROIS folders, 7
+            tissue classes, ASAP XML, ROI PNGs; see `synthetic_tiger`).
         progress: show a progress bar on stderr.
         workers: threads rendering slides in parallel (the output does not depend on it).
     """
@@ -66,6 +67,10 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     old = _read_manifest(out)
     (out / "manifest.json").unlink(missing_ok=True)  # a half-written set must not look complete
+    if layout == "tiger":  # the TIGER reader globs its folders: no stale slides may stay
+        from .synthetic_tiger import clear_tree
+
+        clear_tree(out)
     names = _assign_splits(n_slides, params["splits"])
     jobs = [dict(params, index=i, out_dir=str(out), split=names[i]) for i in range(n_slides)]
     records = _run(jobs, workers, progress)
@@ -135,8 +140,8 @@ def _params(n_slides, size, seed, splits, unlabeled_band, label_noise, layout) -
         raise bad(f"label_noise must be a fraction in [0, 1], got {label_noise!r}")
     if layout not in LAYOUTS:
         raise bad(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    if layout == "tiger":
-        raise bad("layout 'tiger' is not implemented yet (planned: TIGER classes, ASAP XML)")
+    if layout == "tiger" and (unlabeled_band or label_noise):
+        raise bad("layout 'tiger' takes no unlabeled_band or label_noise")
     return {
         "n_slides": int(n_slides),
         "size": int(size),
@@ -166,7 +171,7 @@ def _assign_splits(n: int, shares) -> list[str]:
 
 def _manifest(params: dict, records: list[dict]) -> dict:
     totals = {k: sum(r["pixel_counts"][k] for r in records) for k in records[0]["pixel_counts"]}
-    return {
+    manifest = {
         "generator": "wsiseg.datamodules.synthetic",
         "version": GENERATOR_VERSION,
         "params": params,
@@ -181,6 +186,11 @@ def _manifest(params: dict, records: list[dict]) -> dict:
         "pixel_counts": totals,
         "slides": records,
     }
+    if params["layout"] == "tiger":
+        from .synthetic_tiger import manifest_fields
+
+        manifest.update(manifest_fields())
+    return manifest
 
 
 def _read_manifest(out: Path) -> dict | None:
@@ -244,6 +254,10 @@ def make_slide(job: dict) -> dict:
     """Render and write one slide (image, mask, XML); return its manifest record."""
     from .synthetic_layout import fill_polygon
 
+    if job["layout"] == "tiger":
+        from .synthetic_tiger import make_tiger_slide
+
+        return make_tiger_slide(job)
     size, i, out = job["size"], job["index"], Path(job["out_dir"])
     name = f"slide_{i:02d}"
     files = {"image": f"{name}.tiff", "mask": f"{name}_mask.tiff", "annotations": f"{name}.xml"}

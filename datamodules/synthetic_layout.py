@@ -86,8 +86,10 @@ def layout_default(size: int, rng: np.random.Generator) -> Layout:
 
 
 def layout_tiger(size: int, rng: np.random.Generator) -> Layout:
-    """Hook for a TIGER-like layout (7 tissue classes, ASAP XML); planned in another issue."""
-    raise NotImplementedError("the 'tiger' synthetic layout is not implemented yet")
+    """TIGER-like tissue: regions carry TIGER mask values 1-7 (see `synthetic_tiger`)."""
+    from .synthetic_tiger import tiger_layout
+
+    return tiger_layout(size, rng)
 
 
 LAYOUTS = {"default": layout_default, "tiger": layout_tiger}

@@ -1,0 +1,370 @@
+"""`RAZN`: Reinforced Auto-Zoom Net (Dong et al. 2018) on the shared task.
+
+A light policy g_φ looks at a field x0 (magnification m) and decides whether to zoom in: either
+the segmenter f_θ0 answers on x0, or f_θ1 segments the r² tiles of the same field at r·m and
+their stitched output, resized to x0's grid, is the answer.  Trained with REINFORCE (the paper's
+Algorithm 1, per sample): both segmenters are run on every field to get the losses J0 and J1,
+an action is drawn from the bounded Bernoulli p̃ = αp + (1−α)(1−p), the reward is the relative
+loss change R = a·(J0 − J1)/J0, φ takes the policy-gradient step on every field, θ1 learns only
+from fields that were zoomed and θ0 only from fields that were not.
+
+The paper prints R = a·(J1 − J0)/J0, which rewards zooming when it *raises* the loss, against
+its own text; ``literal_reward: true`` uses the printed sign (to reproduce it), the default the
+stated intent.  ``levels`` > 1 zooms recursively (the paper's future work): one policy and one
+segmenter per level; each zoomed tile is again a field for the next policy.  See docs/razn.md.
+
+Manual optimisation: one Adam per network (three for ``levels`` = 1), each ×``lr_gamma`` every
+``lr_step`` iterations, stepped here.  One ``manual_backward`` of the summed losses per step,
+with the per-sample selections as 0/1 weights, so every parameter is in every backward and DDP's
+all-reduce never waits for a rank that skipped one; an optimizer whose network no sample chose
+on *any* rank does not step (Adam would otherwise move it on momentum alone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from datamodules.errors import InputError
+
+from .base import SegmentationTask
+from .metrics import class_key
+from .nets.razn import FCNSegmenter, PolicyNet, from_tiles, to_tiles
+
+
+# ------------------------------------------------------------------------ batch helpers
+def zoom_pyramid(batch: dict[str, Any], levels: int) -> tuple[list, list, list[int]]:
+    """Per level k: the nodes (fields or tiles) as a batch of ``size``² images, their labels and
+    q_k, the tiles per side a level-(k−1) node splits into (r natively, 1 when simulated).
+
+    Nodes of level k are in quadtree order: the q_k² children of node j are j·q_k² … + q_k² − 1.
+    """
+    x0 = batch["image"]
+    size = x0.shape[-1]
+    images, labels, q = [x0], [batch.get("label")], [1]
+    side = size
+    for k in range(1, levels + 1):
+        if f"zoom{k}" not in batch:
+            raise InputError(None, f"batch has no 'zoom{k}': use a ZoomView with levels >= {k}")
+        z, zl = batch[f"zoom{k}"], batch.get(f"zoom{k}_label")
+        qk = z.shape[-1] // side
+        if qk < 1 or z.shape[-1] != qk * side:
+            raise ValueError(f"zoom{k} is {z.shape[-1]} px, not a multiple of {side}")
+        q.append(qk)
+        side = z.shape[-1]
+        for n in q[1:]:
+            z = to_tiles(z, n)
+            zl = None if zl is None else to_tiles(zl[:, None], n)
+        images.append(z)
+        labels.append(None if zl is None else zl[:, 0])
+    return images, labels, q
+
+
+def node_losses(logits: Tensor, label: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Per-node mean cross-entropy over labelled pixels (logits upsampled to the label grid)
+    and the labelled fraction of each node; nodes without labels get loss 0."""
+    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+    ce = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="none")
+    valid = (label != ignore_index).flatten(1).float()
+    count = valid.sum(1)
+    loss = (ce.flatten(1) * valid).sum(1) / count.clamp_min(1)
+    return loss, count / valid.shape[1]
+
+
+def bounded(p: Tensor, alpha: float) -> Tensor:
+    """p̃ = αp + (1−α)(1−p): every action keeps probability ≥ 1 − α (exploration)."""
+    return alpha * p + (1 - alpha) * (1 - p)
+
+
+class ZoomStats(Metric):
+    """Zoom decisions at inference: per level (nodes seen, nodes zoomed) and, for the first
+    level, per field class (the field's most frequent labelled class)."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, levels: int, ignore_index: int = 255):
+        super().__init__()
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.add_state("seen", torch.zeros(levels), dist_reduce_fx="sum")
+        self.add_state("zoomed", torch.zeros(levels), dist_reduce_fx="sum")
+        self.add_state("class_seen", torch.zeros(num_classes + 1), dist_reduce_fx="sum")
+        self.add_state("class_zoomed", torch.zeros(num_classes + 1), dist_reduce_fx="sum")
+
+    def update(self, decisions: list[Tensor], label: Tensor) -> None:
+        for k, d in enumerate(decisions):
+            self.seen[k] += d.numel()
+            self.zoomed[k] += d.float().sum()
+        lab = label.flatten(1)
+        counts = torch.stack([(lab == c).sum(1) for c in range(self.num_classes)], 1)
+        cls = torch.where(counts.sum(1) > 0, counts.argmax(1), self.num_classes)
+        self.class_seen.index_add_(0, cls, torch.ones_like(cls, dtype=torch.float))
+        self.class_zoomed.index_add_(0, cls, decisions[0].float())
+
+    def compute(self) -> dict[str, Tensor]:
+        return {k: getattr(self, k).clone() for k in ("seen", "zoomed", "class_seen", "class_zoomed")}
+
+
+# ------------------------------------------------------------------------------ module
+class RAZN(SegmentationTask):
+    """RAZN on a :class:`datamodules.views_zoom.ZoomView` batch.
+
+    Args:
+        num_classes, class_map, num_overlays: as in :class:`SegmentationTask`.
+        width: channel multiplier of every network (1.0 = ResNet-18).
+        levels: zoom levels (1 = the paper; must match the view's ``levels``).
+        alpha: bound of the Bernoulli policy (paper: 0.8).
+        optimizer: "adam" (the paper's; the only choice, kept so schedules can name it).
+        lr, lr_step, lr_gamma: Adam lr (paper 0.01), ×``lr_gamma`` every ``lr_step``
+            training iterations (paper 0.1 every 50k).
+        literal_reward: use the printed reward sign a·(J1 − J0)/J0 (see the module doc).
+        zoom_cost: subtracted from the reward of every zoom (ours, default 0: the paper has
+            none); > 0 trades accuracy for speed.
+        reward_clip: |R| limit (ours; J0 → 0 would otherwise blow R up).
+        threshold: inference zooms where p ≥ threshold.
+        pretrained: None, or a local torchvision resnet18 state-dict file for the segmenters'
+            encoders ("imagenet" fails: nothing is downloaded).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 4,
+        class_map: str | None = "bach",
+        width: float = 1.0,
+        levels: int = 1,
+        alpha: float = 0.8,
+        optimizer: str = "adam",
+        lr: float = 0.01,
+        lr_step: int = 50_000,
+        lr_gamma: float = 0.1,
+        literal_reward: bool = False,
+        zoom_cost: float = 0.0,
+        reward_clip: float = 5.0,
+        threshold: float = 0.5,
+        pretrained: str | None = None,
+        num_overlays: int = 4,
+    ) -> None:
+        super().__init__(num_classes=num_classes, class_map=class_map, num_overlays=num_overlays)
+        self.automatic_optimization = False
+        self._decisions: list[Tensor] = []
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        if int(hp.levels) < 1:
+            raise InputError(None, f"levels must be >= 1, got {hp.levels}")
+        if not 0.5 < hp.alpha <= 1.0:
+            raise InputError(None, f"alpha must be in (0.5, 1], got {hp.alpha}")
+        if hp.optimizer != "adam":
+            raise InputError(None, f"RAZN trains with Adam; optimizer {hp.optimizer!r} unknown")
+        self.levels = int(hp.levels)
+        self.segmenters = nn.ModuleList(
+            FCNSegmenter(self.num_classes, hp.width) for _ in range(self.levels + 1)
+        )
+        self.policies = nn.ModuleList(PolicyNet(hp.width) for _ in range(self.levels))
+        load_pretrained(self.segmenters, hp.pretrained)
+
+    def configure_metrics(self) -> None:
+        super().configure_metrics()
+        self.val_zoom = ZoomStats(self.num_classes, self.levels, self.ignore_index)
+        self.test_zoom = ZoomStats(self.num_classes, self.levels, self.ignore_index)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        nets = [*self.policies, *self.segmenters]
+        opts = [torch.optim.Adam(n.parameters(), lr=hp.lr) for n in nets]
+        scheds = [torch.optim.lr_scheduler.StepLR(o, hp.lr_step, hp.lr_gamma) for o in opts]
+        return opts, scheds
+
+    def timing_reference(self) -> nn.Module:
+        """The Scale-1 model relative inference time is measured against (same width)."""
+        return FCNSegmenter(self.num_classes, self.hparams.width)
+
+    def forward(self, image: Tensor) -> Tensor:
+        """f_θ0 on x0 alone (the no-zoom answer); the method's output is `batch_logits`."""
+        return self.segmenters[0](self.normalize(image))
+
+    # -------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp, L = self.hparams, self.levels
+        images, labels, q = zoom_pyramid(batch, L)
+        loss_j, frac = [], []  # per level: per-node loss (with graph) and labelled fraction
+        for k in range(L + 1):
+            logits = self.segmenters[k](self.normalize(images[k]))
+            j, f = node_losses(logits, labels[k], self.ignore_index)
+            loss_j.append(j)
+            frac.append(f)
+        probs, actions, logpi = [], [], []
+        for k in range(L):
+            p = torch.sigmoid(self.policies[k](self.normalize(images[k])).float())
+            pt = bounded(p, hp.alpha).clamp(1e-6, 1 - 1e-6)
+            a = torch.bernoulli(pt.detach())
+            probs.append(p)
+            actions.append(a)
+            logpi.append(a * pt.log() + (1 - a) * (1 - pt).log())
+
+        # Bottom-up: the loss of the sampled composition below each node, and the rewards.
+        final_j, final_w = loss_j[L].detach(), frac[L]
+        rewards: list[Tensor] = [torch.zeros(0)] * L
+        for k in range(L - 1, -1, -1):
+            n = q[k + 1] ** 2
+            w = final_w.view(-1, n)
+            j_zoom = (w * final_j.view(-1, n)).sum(1) / w.sum(1).clamp_min(1e-12)
+            j_stay = loss_j[k].detach()
+            change = (j_zoom - j_stay) if hp.literal_reward else (j_stay - j_zoom)
+            r = actions[k] * (change / j_stay.clamp_min(1e-6) - hp.zoom_cost)
+            rewards[k] = r.clamp(-hp.reward_clip, hp.reward_clip)
+            a = actions[k].bool()
+            final_j = torch.where(a, j_zoom, j_stay)
+            final_w = torch.where(a, w.mean(1), frac[k])
+
+        # Per-node selections: policies learn from every labelled node; f_k from the nodes
+        # whose parent zoomed (k > 0) and that did not zoom themselves (k < L).
+        pol_sel = [(frac[k] > 0).float() for k in range(L)]
+        seg_sel = []
+        for k in range(L + 1):
+            sel = (frac[k] > 0).float()
+            if k > 0:
+                sel = sel * actions[k - 1].repeat_interleave(q[k] ** 2)
+            if k < L:
+                sel = sel * (1 - actions[k])
+            seg_sel.append(sel)
+        counts = self._global_sum(torch.stack([s.sum() for s in pol_sel + seg_sel]))
+        world = self.trainer.world_size if self._trainer is not None else 1
+        losses = []
+        for k in range(L):
+            denom = counts[k].clamp_min(1) / world
+            losses.append(-(pol_sel[k] * rewards[k] * logpi[k]).sum() / denom)
+        for k in range(L + 1):
+            denom = counts[L + k].clamp_min(1) / world
+            losses.append((seg_sel[k] * loss_j[k]).sum() / denom)
+
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        for opt in opts:
+            opt.zero_grad()
+        self.manual_backward(torch.stack(losses).sum())
+        for opt, n in zip(opts, counts.tolist(), strict=True):
+            if n > 0:
+                opt.step()
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds]:
+            sched.step()
+
+        b = images[0].shape[0]
+        log = {
+            "train/loss": (final_w * final_j).sum() / final_w.sum().clamp_min(1e-12),
+            "train/loss_x0": loss_j[0].detach().mean(),
+            "train/loss_x1": loss_j[1].detach().mean(),
+            "train/zoom_rate": actions[0].mean(),
+            "train/zoom_prob": probs[0].detach().mean(),
+            "train/reward": rewards[0].sum() / actions[0].sum().clamp_min(1),
+        }
+        self.log_dict(log, batch_size=b, prog_bar=False)
+        self.log("train/loss_step", log["train/loss"], batch_size=b, prog_bar=True, logger=False)
+
+    def _global_sum(self, t: Tensor) -> Tensor:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(t.float(), reduce_op="sum")
+        return t.float()
+
+    # ------------------------------------------------------------------- inference
+    def batch_logits(self, batch: dict[str, Any]) -> Tensor:
+        """The policy decides per field; zoomed fields get f_θ1's stitched tiles."""
+        images, _, q = zoom_pyramid(_images_only(batch), self.levels)
+        decisions: list[Tensor] = []
+        nodes = torch.arange(images[0].shape[0], device=images[0].device)
+        out = self._infer(0, nodes, images, q, decisions)
+        self._decisions = decisions
+        label = batch.get("label")
+        if label is not None and tuple(out.shape[-2:]) != tuple(label.shape[-2:]):
+            out = F.interpolate(out, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        return out
+
+    def _infer(self, k: int, nodes: Tensor, images, q, decisions: list[Tensor]) -> Tensor:
+        x = self.normalize(images[k][nodes])
+        size = x.shape[-2:]
+        if k < self.levels:
+            zoom = torch.sigmoid(self.policies[k](x).float()) >= self.hparams.threshold
+            if len(decisions) <= k:
+                decisions.append(zoom)
+            else:
+                decisions[k] = torch.cat([decisions[k], zoom])
+        else:
+            zoom = torch.zeros(len(nodes), dtype=torch.bool, device=x.device)
+        out = x.new_zeros((len(nodes), self.num_classes, *size))
+        stay = ~zoom
+        if stay.any():
+            logits = self.segmenters[k](x[stay])
+            out[stay] = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).to(
+                out.dtype
+            )
+        if zoom.any():
+            n = q[k + 1] ** 2
+            children = (nodes[zoom][:, None] * n + torch.arange(n, device=x.device)).flatten()
+            stitched = from_tiles(self._infer(k + 1, children, images, q, decisions), q[k + 1])
+            if q[k + 1] > 1:
+                stitched = F.avg_pool2d(stitched, q[k + 1])
+            out[zoom] = stitched.to(out.dtype)
+        return out
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        super().validation_step(batch, batch_idx, dataloader_idx)
+        self.val_zoom.update(self._decisions, batch["label"])
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        super().test_step(batch, batch_idx, dataloader_idx)
+        self.test_zoom.update(self._decisions, batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_zoom("val", self.val_zoom)
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        zoom = self._log_zoom("test", self.test_zoom)
+        self.test_scores.update(zoom)
+
+    def _log_zoom(self, stage: str, stats: ZoomStats) -> dict[str, float]:
+        """Zoom rate per level and per field class (``<stage>/zoom_rate…``)."""
+        if not stats.update_called:
+            return {}
+        s = {k: v.cpu() for k, v in stats.compute().items()}
+        stats.reset()
+        out = {"zoom_rate": float(s["zoomed"][0] / s["seen"][0].clamp_min(1))}
+        for k in range(1, self.levels):
+            out[f"zoom_rate_l{k + 1}"] = float(s["zoomed"][k] / s["seen"][k].clamp_min(1))
+        for c, name in enumerate(self.class_names):
+            if s["class_seen"][c] > 0:
+                out[f"zoom_rate/{class_key(name)}"] = float(
+                    s["class_zoomed"][c] / s["class_seen"][c]
+                )
+        for key, value in out.items():  # identical on every rank after compute()
+            self.log(f"{stage}/{key}", value, sync_dist=True)
+        return out
+
+
+def _images_only(batch: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in batch.items()
+        if k == "image" or (k.startswith("zoom") and not k.endswith("_label"))
+    }
+
+
+def load_pretrained(segmenters: nn.ModuleList, pretrained: str | None) -> None:
+    """Load local ResNet-18 weights into every segmenter's encoder (no download, ever)."""
+    if pretrained is None:
+        return
+    if str(pretrained).lower() == "imagenet":
+        raise InputError(
+            None,
+            "pretrained: 'imagenet' needs a download, and this suite never downloads weights. "
+            "Save torchvision's resnet18 ImageNet state dict on a machine with network "
+            "(torch.save(resnet18(weights='IMAGENET1K_V1').state_dict(), 'resnet18.pth')) and "
+            "pass that file's path as pretrained (width must be 1.0)",
+        )
+    for seg in segmenters:
+        seg.load_backbone(pretrained)

@@ -80,9 +80,10 @@ class WSIDataModule(pl.LightningDataModule):
         synthesize: bool = True,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["view"])
+        self.save_hyperparameters()
         self.root = Path(root)
         self.view = view if view is not None else MultiMagView()
+        self.hparams["view"] = self.view  # in checkpoints: `wsiseg segment` rebuilds the view
         self.class_map = load_class_map(class_map)
         self.num_classes = self.class_map.num_classes
         self.datasets: dict[str, PatchDataset] = {}

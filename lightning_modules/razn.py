@@ -105,7 +105,9 @@ class ZoomStats(Metric):
         self.class_zoomed.index_add_(0, cls, decisions[0].float())
 
     def compute(self) -> dict[str, Tensor]:
-        return {k: getattr(self, k).clone() for k in ("seen", "zoomed", "class_seen", "class_zoomed")}
+        return {
+            k: getattr(self, k).clone() for k in ("seen", "zoomed", "class_seen", "class_zoomed")
+        }
 
 
 # ------------------------------------------------------------------------------ module

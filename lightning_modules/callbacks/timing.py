@@ -60,7 +60,9 @@ class RelativeInferenceTime(pl.Callback):
             ``timing_reference()`` if it has one, else 1.0.
     """
 
-    def __init__(self, num_fields: int = 100, warmup: int = 5, reference_width: float | None = None):
+    def __init__(
+        self, num_fields: int = 100, warmup: int = 5, reference_width: float | None = None
+    ):
         super().__init__()
         if num_fields < 1 or warmup < 0:
             raise ValueError("num_fields must be >= 1 and warmup >= 0")
@@ -142,9 +144,10 @@ class RelativeInferenceTime(pl.Callback):
             pl_module.train(was_training)
         t_method, t_ref = np.asarray(t_method), np.asarray(t_ref)
         relative = t_method / t_ref.mean()
+        std = float(relative.std(ddof=1)) if len(relative) > 1 else 0.0
         return {
             "relative_inference_time": float(relative.mean()),
-            "relative_inference_time_std": float(relative.std(ddof=1)) if len(relative) > 1 else 0.0,
+            "relative_inference_time_std": std,
             "inference_time_ms": float(t_method.mean() * 1e3),
             "reference_time_ms": float(t_ref.mean() * 1e3),
             "timing_fields": float(len(fields)),

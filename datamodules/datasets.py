@@ -96,8 +96,11 @@ class PatchDataset(Dataset):
             sample[name] = t.permute(2, 0, 1) if t.ndim == 3 else t.long()
         return sample
 
-    def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict):
+    def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict | None = None):
+        """(views, label), or (views, label, extra) when extra arrays are given."""
         more = {f"image{i}": views[i] for i in range(1, len(views))}
-        out = self.transform(image=views[0], mask=label, **more, **extra)
+        out = self.transform(image=views[0], mask=label, **more, **(extra or {}))
         stacked = [out["image"]] + [out[f"image{i}"] for i in range(1, len(views))]
+        if extra is None:
+            return np.stack(stacked), out["mask"]
         return np.stack(stacked), out["mask"], {k: out[k] for k in extra}

@@ -3,17 +3,20 @@
 The same texture bank as the BACH-like set, with every structure annotated in TIGER's 7 tissue
 classes, so the TIGER reader and the stroma task run end to end without TIGER data:
 
-=====================================  ==========================  ===========  ============
-structure (texture)                    TIGER class (mask value)    stroma task  why
-=====================================  ==========================  ===========  ============
-tissue background (stroma)             tumor-associated stroma 2   stroma       the dominant class
-benign-like blobs (stroma + granules)  inflamed stroma 6           stroma       granules ~ lymphocytes
-invasive regions (cords in stroma)     invasive tumor 1            rest         region-level label
+=====================================  ==========================  ===========
+structure (texture)                    TIGER class (mask value)    stroma task
+=====================================  ==========================  ===========
+tissue background (stroma)             tumor-associated stroma 2   stroma
+benign-like blobs (stroma + granules)  inflamed stroma 6           stroma
+invasive regions (cords in stroma)     invasive tumor 1            rest
 in situ ducts (solid, with a rim)      in-situ tumor 3             rest
 small hollow ducts and acini           healthy glands 4            rest
 fat lobules                            rest 7                      rest
-glass                                  unannotated 0               ignored      empty patches
-=====================================  ==========================  ===========  ============
+glass                                  unannotated 0               ignored
+=====================================  ==========================  ===========
+
+The benign texture's 20x granules stand in for the lymphocytes of inflamed stroma; glass is left
+unannotated, so patches of glass only are "empty" and dropped.
 
 Necrosis (5) has no synthetic texture and never occurs. Stroma between the cords of an invasive
 region is labelled invasive (as TIGER's region-level annotations do), so the stroma task needs
@@ -36,6 +39,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import shapely
 from shapely.geometry import LineString, Polygon, box
 from shapely.ops import split
 
@@ -87,9 +91,9 @@ _OURS = re.compile(r"^slide_\d{2,}(_\[[\d, ]+\])?\.(tif|xml|png)$")
 def tiger_layout(size: int, rng: np.random.Generator) -> Layout:
     """Texture map and regions (``cls`` = TIGER mask value) in painting order: later wins.
 
-    Lesion targets are larger than the BACH-like layout's so stroma is about half the tissue
-    (as in TIGER), not 80 %: invasive 8-14 %, in situ 3-6 %, inflamed stroma 6-12 %, fat 3-6 %
-    of the slide.
+    Lesion targets are larger than the BACH-like layout's (invasive 10-16 %, inflamed stroma
+    6-10 %, fat 3-5 %, in situ 4-7 % of the slide); the placer stops when the tissue is full, so
+    stroma (2 and 6) ends up about 70 % of the annotated pixels.
     """
     s = float(np.clip(size / 8192, 0.35, 1.0))
     area = float(size * size)
@@ -105,10 +109,16 @@ def tiger_layout(size: int, rng: np.random.Generator) -> Layout:
         fill_polygon(p.tissue, poly / GRID, 1)
         regions.append(Region(TUMOR_STROMA, poly))
     p.tissue = cv2.erode(p.tissue, np.ones((5, 5), np.uint8))
-    for poly in p.fill_area(rng.uniform(0.08, 0.14) * area, (550 * s, 1100 * s), 0.45, m(6)):
+    for poly in p.fill_area(rng.uniform(0.10, 0.16) * area, (550 * s, 1100 * s), 0.45, m(6)):
         regions.append(Region(INVASIVE, poly))
         _draw_invasive(tex, poly, rng)
-    target, done = rng.uniform(0.03, 0.06) * area, 0.0
+    for poly in p.fill_area(rng.uniform(0.06, 0.10) * area, (350 * s, 800 * s), 0.12, m(4)):
+        regions.append(Region(INFLAMED, poly))
+        _draw_benign(tex, poly)
+    for poly in p.fill_area(rng.uniform(0.03, 0.05) * area, (250 * s, 600 * s), 0.15, m(2)):
+        regions.append(Region(REST, poly))
+        fill_polygon(tex, poly, FAT)
+    target, done = rng.uniform(0.04, 0.07) * area, 0.0
     for _ in range(60):
         if done >= target:
             break
@@ -116,12 +126,6 @@ def tiger_layout(size: int, rng: np.random.Generator) -> Layout:
             regions.append(Region(IN_SITU, poly))
             _draw_duct(tex, poly, RIM_PX, None)
             done += float(cv2.contourArea(poly.astype(np.float32)))
-    for poly in p.fill_area(rng.uniform(0.06, 0.12) * area, (350 * s, 800 * s), 0.12, m(4)):
-        regions.append(Region(INFLAMED, poly))
-        _draw_benign(tex, poly)
-    for poly in p.fill_area(rng.uniform(0.03, 0.06) * area, (250 * s, 600 * s), 0.15, m(2)):
-        regions.append(Region(REST, poly))
-        fill_polygon(tex, poly, FAT)
     for poly in p.fill_area(0.006 * area, (40, 90), 0.05, margin=2):
         regions.append(Region(GLANDS, poly))
         _draw_duct(tex, poly, 5, rng.uniform(0.35, 0.6))
@@ -140,7 +144,8 @@ def hole_free(polygon: Polygon) -> list[Polygon]:
         return [polygon]
     x0, _, x1, _ = polygon.bounds
     _, hy0, _, hy1 = polygon.interiors[0].bounds
-    y = (hy0 + hy1) / 2
+    y = round(hy0 + hy1) / 2  # on the half-pixel grid where that still crosses the hole
+    y = y if hy0 < y < hy1 else (hy0 + hy1) / 2
     cut = LineString([(x0 - 1, y), (x1 + 1, y)])
     pieces = [g for g in split(polygon, cut).geoms if isinstance(g, Polygon)]
     return [q for piece in pieces for q in hole_free(piece)]
@@ -175,28 +180,45 @@ def visible_regions(regions: list[Region], rois) -> list[tuple[int, Polygon]]:
                 seen = seen.difference(later)
             later = shape if later is None else later.union(shape)
             for part in _parts(seen):
-                out.extend((regions[i].cls, q) for q in hole_free(part) if q.area >= 1.0)
+                out.extend((regions[i].cls, q) for q in _snapped(part) if q.area >= 1.0)
     return out
 
 
-def roi_boxes(tex: np.ndarray, rng: np.random.Generator, n: int = ROIS_PER_SLIDE):
+def _snapped(polygon: Polygon) -> list[Polygon]:
+    """Hole-free pieces on the 0.001-px grid the XML is written on, still valid after rounding."""
+    return [
+        q
+        for piece in hole_free(polygon)
+        for part in _parts(shapely.set_precision(piece, 1e-3))
+        for q in hole_free(part)
+    ]
+
+
+def roi_boxes(tex: np.ndarray, regions: list[Region], rng, n: int = ROIS_PER_SLIDE):
     """Up to `n` disjoint rectangles (x1, y1, x2, y2; end exclusive) of 1/4-1/2 the slide side,
-    at least half tissue; sides are rarely multiples of the patch size, so patches get padded."""
+    at least half tissue, centred on lesions (TIGER's ROIs lie in the tumour bed); sides are
+    rarely multiples of the patch size, so the last patches of a ROI get padded."""
     size = tex.shape[0]
-    tissue = np.argwhere(tex[::GRID, ::GRID] != GLASS) * GRID
+    centres = [r.polygon.mean(0) for r in regions if r.cls not in (TUMOR_STROMA, GLANDS)]
+    if not centres:
+        centres = list(np.argwhere(tex[::GRID, ::GRID] != GLASS)[:, ::-1] * GRID)
     boxes: list[tuple[int, int, int, int]] = []
     for _ in range(200):
-        if len(boxes) >= n or not len(tissue):
+        if len(boxes) >= n:
             break
         w, h = (int(v) for v in rng.uniform(0.25, 0.5, 2) * size)
-        cy, cx = tissue[rng.integers(len(tissue))]
+        cx, cy = centres[rng.integers(len(centres))]
         x1, y1 = int(np.clip(cx - w // 2, 0, size - w)), int(np.clip(cy - h // 2, 0, size - h))
         cand = (x1, y1, x1 + w, y1 + h)
-        if any(cand[0] < b[2] and b[0] < cand[2] and cand[1] < b[3] and b[1] < cand[3] for b in boxes):
+        if any(_overlap(cand, b) for b in boxes):
             continue
         if (tex[y1 : y1 + h : 8, x1 : x1 + w : 8] != GLASS).mean() >= 0.5:
             boxes.append(cand)
     return boxes
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def roi_name(slide: str, roi) -> str:
@@ -258,7 +280,7 @@ def clear_tree(out: Path) -> None:
 def make_tiger_slide(job: dict) -> dict:
     """Render one slide and write its WSI, XML, ROI images and ROI masks; return its record."""
     from .annotations import PolygonLabels, read_annotations
-    from .synthetic import SLIDE_MPP, GENERATOR_VERSION, render_slide, slide_rngs
+    from .synthetic import GENERATOR_VERSION, SLIDE_MPP, render_slide, slide_rngs
     from .synthetic_io import write_pyramid
 
     size, i, out = job["size"], job["index"], Path(job["out_dir"])
@@ -266,10 +288,10 @@ def make_tiger_slide(job: dict) -> dict:
     for sub in (f"{WSI_DIR}/images", XML_DIR, f"{ROI_DIR}/images", f"{ROI_DIR}/masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rgb, lay = render_slide(size, job["seed"], i, "tiger")
-    rois = roi_boxes(lay.tex, slide_rngs(job["seed"], i)[2])
+    rois = roi_boxes(lay.tex, lay.regions, slide_rngs(job["seed"], i)[2])
     del lay.tex
     files = {"image": f"{WSI_DIR}/images/{name}.tif", "annotations": f"{XML_DIR}/{name}.xml"}
-    desc = f"wsiseg synthetic TIGER slide {name} (generator v{GENERATOR_VERSION}) | MPP = {SLIDE_MPP}"
+    desc = f"wsiseg synthetic TIGER slide {name} (v{GENERATOR_VERSION}) | MPP = {SLIDE_MPP}"
     write_pyramid(out / files["image"], rgb, SLIDE_MPP, desc)
     write_asap_xml(out / files["annotations"], rois, visible_regions(lay.regions, rois))
     # masks from the XML as written, so the ROI and WSI label sources agree by construction

@@ -8,6 +8,7 @@ seeded shuffle. The default root is the synthetic benchmark, generated on first 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -80,10 +81,10 @@ class WSIDataModule(pl.LightningDataModule):
         synthesize: bool = True,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["view"])
         self.root = Path(root)
         self.view = view if view is not None else MultiMagView()
-        self.hparams["view"] = self.view  # in checkpoints: `wsiseg segment` rebuilds the view
+        self.hparams["view"] = view_spec(self.view)  # `wsiseg segment` rebuilds it from a ckpt
         self.class_map = load_class_map(class_map)
         self.num_classes = self.class_map.num_classes
         self.datasets: dict[str, PatchDataset] = {}
@@ -164,30 +165,9 @@ class WSIDataModule(pl.LightningDataModule):
             return
         hp = self.hparams
         sources = self.sources()
+        patches = self.split_patches(sources)
         for split_i, split in enumerate(SPLITS):
-            members = [(i, s) for i, s in enumerate(sources) if s.split == split]
-            entries, counts = [], []
-            for i, src in members:
-                grid = grid_index(
-                    src.slide,
-                    src.labels,
-                    self.num_classes,
-                    self.view.size,
-                    self.view.mpp,
-                    min_annotated=hp.min_annotated,
-                    min_tissue=hp.min_tissue,
-                )
-                for (x, y), c in zip(grid.positions, grid.class_counts, strict=True):
-                    entries.append((i, float(x), float(y), False))
-                    counts.append(c)
-            if not entries and members:
-                names = ", ".join(s.name for _, s in members)
-                raise InputError(
-                    self.root,
-                    f"no {split} patch has > {hp.min_annotated:.0%} annotated pixels on tissue "
-                    f"(slides: {names})",
-                )
-            counts = np.array(counts, np.int64).reshape(-1, self.num_classes)
+            entries, counts = patches[split]
             if split == "train":
                 entries, counts = self._balance(entries, counts)
             else:  # fixed, seeded evaluation subsets; training draws a fresh subset per epoch
@@ -200,6 +180,42 @@ class WSIDataModule(pl.LightningDataModule):
             self.datasets[split] = PatchDataset(
                 sources, entries, self.view, transform, seed=hp.seed
             )
+
+    def slide_patches(self, i: int, src: SlideSource) -> tuple[list, list]:
+        """Grid patches of source `i`: entries (i, x, y, deform=False) and class pixel counts."""
+        hp = self.hparams
+        grid = grid_index(
+            src.slide,
+            src.labels,
+            self.num_classes,
+            self.view.size,
+            self.view.mpp,
+            min_annotated=hp.min_annotated,
+            min_tissue=hp.min_tissue,
+        )
+        entries = [(i, float(x), float(y), False) for x, y in grid.positions]
+        return entries, list(grid.class_counts)
+
+    def split_patches(self, sources: list[SlideSource]) -> dict[str, tuple[list, np.ndarray]]:
+        """Patches per split, each slide's in its slide's split (no slide in two splits);
+        subclasses may split otherwise (`TigerDataModule` can split by patch)."""
+        out = {}
+        for split in SPLITS:
+            members = [(i, s) for i, s in enumerate(sources) if s.split == split]
+            entries, counts = [], []
+            for i, src in members:
+                e, c = self.slide_patches(i, src)
+                entries += e
+                counts += c
+            if not entries and members:
+                names = ", ".join(s.name for _, s in members)
+                raise InputError(
+                    self.root,
+                    f"no {split} patch has > {self.hparams.min_annotated:.0%} annotated pixels "
+                    f"on tissue (slides: {names})",
+                )
+            out[split] = (entries, np.array(counts, np.int64).reshape(-1, self.num_classes))
+        return out
 
     def _subset(self, entries, counts, cap, salt):
         if cap is None or len(entries) <= cap:
@@ -257,6 +273,14 @@ class WSIDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The test split's patches (whole-slide inference has its own command)."""
         return self._loader("test")
+
+
+def view_spec(view: View) -> dict:
+    """``{class_path, init_args}`` of a view, as in the YAMLs: plain data, so checkpoints stay
+    loadable with ``weights_only=True`` and hparams.yaml stays plain YAML."""
+    fields = dataclasses.asdict(view) if dataclasses.is_dataclass(view) else dict(vars(view))
+    args = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    return {"class_path": f"{type(view).__module__}.{type(view).__qualname__}", "init_args": args}
 
 
 def patch_class_from_counts(counts: np.ndarray, class_order) -> int | None:

@@ -197,11 +197,13 @@ class SegmentationTask(pl.LightningModule):
         return pred
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
-        """Per-pixel class probabilities ``(B, C, H, W)`` float16 (on the target view's grid)."""
+        """Per-pixel class probabilities ``(B, C, H, W)`` float16 (on the target view's grid),
+        and ``labels`` ``(B, H, W)``: the arg-max of the logits (float16 probabilities tie where
+        the top two are within ~5e-4, which would bias an arg-max of ``probs`` to class 0)."""
         logits = self.batch_logits(batch) if isinstance(batch, dict) else self.logits(batch)
         probs = torch.softmax(logits.float(), dim=1).to(torch.float16)
         meta = batch.get("meta") if isinstance(batch, dict) else None
-        return {"probs": probs, "meta": meta}
+        return {"probs": probs, "labels": logits.argmax(dim=1), "meta": meta}
 
     # ------------------------------------------------------------------ epoch ends
     def setup(self, stage: str) -> None:

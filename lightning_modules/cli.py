@@ -27,6 +27,8 @@ def _tool_commands() -> dict:
         "synth": ("lightning_modules.commands.synth", "generate the synthetic benchmark slides"),
         "info": ("lightning_modules.commands.info", "describe a slide (and its annotations)"),
         "compare": ("lightning_modules.commands.compare", "one table + bar plot of finished runs"),
+        "segment": ("lightning_modules.commands.segment", "segment whole slides with a checkpoint"),
+        "evaluate": ("lightning_modules.commands.evaluate", "score a predicted mask on the slide"),
     }
 
 
@@ -91,11 +93,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsiseg {command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # an unexpected failure: still one line unless --debug
+        cause = _input_error_cause(err)
+        if cause is not None:  # e.g. raised in a model's __init__, wrapped by jsonargparse
+            if debug:
+                traceback.print_exc()
+            print(f"wsiseg {command}: error: {cause}", file=sys.stderr)
+            return 2
         if debug:
             traceback.print_exc()
         where = "" if debug else " (run with --debug for the traceback)"
         print(f"wsiseg {command}: failed: {type(err).__name__}: {err}{where}", file=sys.stderr)
         return 1
+
+
+def _input_error_cause(err: BaseException) -> InputError | None:
+    """The InputError an exception was raised from, if any (LightningCLI's parser re-raises
+    errors from instantiating a class_path as its own ValueError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, InputError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def entry() -> None:

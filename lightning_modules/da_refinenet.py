@@ -162,6 +162,4 @@ class DARefineNet(SegmentationTask):
         groups = self.parameter_groups()
         if hp.optimizer == "adam":
             return torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(
-            groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-        )
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)

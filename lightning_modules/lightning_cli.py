@@ -30,7 +30,6 @@ class WsisegCLI(LightningCLI):
             "(experiments/schedule/*.yaml set it; default: the paper's settings)",
         )
 
-
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -22,6 +22,7 @@ on *any* rank does not step (Adam would otherwise move it on momentum alone).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -33,37 +34,17 @@ from datamodules.errors import InputError
 
 from .base import SegmentationTask
 from .metrics import class_key
-from .nets.razn import FCNSegmenter, PolicyNet, from_tiles, to_tiles
+from .nets.razn import (
+    FCNSegmenter,
+    PolicyNet,
+    from_tiles,
+    images_only,
+    load_pretrained,
+    zoom_pyramid,
+)
 
 
-# ------------------------------------------------------------------------ batch helpers
-def zoom_pyramid(batch: dict[str, Any], levels: int) -> tuple[list, list, list[int]]:
-    """Per level k: the nodes (fields or tiles) as a batch of ``size``² images, their labels and
-    q_k, the tiles per side a level-(k−1) node splits into (r natively, 1 when simulated).
-
-    Nodes of level k are in quadtree order: the q_k² children of node j are j·q_k² … + q_k² − 1.
-    """
-    x0 = batch["image"]
-    size = x0.shape[-1]
-    images, labels, q = [x0], [batch.get("label")], [1]
-    side = size
-    for k in range(1, levels + 1):
-        if f"zoom{k}" not in batch:
-            raise InputError(None, f"batch has no 'zoom{k}': use a ZoomView with levels >= {k}")
-        z, zl = batch[f"zoom{k}"], batch.get(f"zoom{k}_label")
-        qk = z.shape[-1] // side
-        if qk < 1 or z.shape[-1] != qk * side:
-            raise ValueError(f"zoom{k} is {z.shape[-1]} px, not a multiple of {side}")
-        q.append(qk)
-        side = z.shape[-1]
-        for n in q[1:]:
-            z = to_tiles(z, n)
-            zl = None if zl is None else to_tiles(zl[:, None], n)
-        images.append(z)
-        labels.append(None if zl is None else zl[:, 0])
-    return images, labels, q
-
-
+# ------------------------------------------------------------------------------ helpers
 def node_losses(logits: Tensor, label: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
     """Per-node mean cross-entropy over labelled pixels (logits upsampled to the label grid)
     and the labelled fraction of each node; nodes without labels get loss 0."""
@@ -73,6 +54,41 @@ def node_losses(logits: Tensor, label: Tensor, ignore_index: int) -> tuple[Tenso
     count = valid.sum(1)
     loss = (ce.flatten(1) * valid).sum(1) / count.clamp_min(1)
     return loss, count / valid.shape[1]
+
+
+def zoom_rewards(
+    loss_j: list[Tensor],
+    frac: list[Tensor],
+    actions: list[Tensor],
+    q: list[int],
+    *,
+    literal: bool = False,
+    zoom_cost: float = 0.0,
+    clip: float = 5.0,
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Rewards of the zoom actions, bottom-up over the levels (detached inputs).
+
+    ``loss_j[k]`` / ``frac[k]``: per-node loss of f_k and labelled fraction at level k;
+    ``actions[k]``: the zoom actions of level-k nodes. A zoom's J1 is the area-weighted loss of
+    the sampled composition below the node (for one level: f_θ1's loss over the r² tiles), and
+    R = a·(J0 − J1)/J0 − a·zoom_cost (``literal``: a·(J1 − J0)/J0, the printed formula),
+    clipped to ±``clip``. Also returns the composition's per-field loss and labelled fraction.
+    """
+    levels = len(actions)
+    final_j, final_w = loss_j[levels], frac[levels]
+    rewards: list[Tensor] = [torch.zeros(0)] * levels
+    for k in range(levels - 1, -1, -1):
+        n = q[k + 1] ** 2
+        w = final_w.view(-1, n)
+        j_zoom = (w * final_j.view(-1, n)).sum(1) / w.sum(1).clamp_min(1e-12)
+        j_stay = loss_j[k]
+        change = (j_zoom - j_stay) if literal else (j_stay - j_zoom)
+        r = actions[k] * (change / j_stay.clamp_min(1e-6) - zoom_cost)
+        rewards[k] = r.clamp(-clip, clip)
+        a = actions[k].bool()
+        final_j = torch.where(a, j_zoom, j_stay)
+        final_w = torch.where(a, w.mean(1), frac[k])
+    return rewards, final_j, final_w
 
 
 def bounded(p: Tensor, alpha: float) -> Tensor:
@@ -207,20 +223,15 @@ class RAZN(SegmentationTask):
             actions.append(a)
             logpi.append(a * pt.log() + (1 - a) * (1 - pt).log())
 
-        # Bottom-up: the loss of the sampled composition below each node, and the rewards.
-        final_j, final_w = loss_j[L].detach(), frac[L]
-        rewards: list[Tensor] = [torch.zeros(0)] * L
-        for k in range(L - 1, -1, -1):
-            n = q[k + 1] ** 2
-            w = final_w.view(-1, n)
-            j_zoom = (w * final_j.view(-1, n)).sum(1) / w.sum(1).clamp_min(1e-12)
-            j_stay = loss_j[k].detach()
-            change = (j_zoom - j_stay) if hp.literal_reward else (j_stay - j_zoom)
-            r = actions[k] * (change / j_stay.clamp_min(1e-6) - hp.zoom_cost)
-            rewards[k] = r.clamp(-hp.reward_clip, hp.reward_clip)
-            a = actions[k].bool()
-            final_j = torch.where(a, j_zoom, j_stay)
-            final_w = torch.where(a, w.mean(1), frac[k])
+        rewards, final_j, final_w = zoom_rewards(
+            [j.detach() for j in loss_j],
+            [f.detach() for f in frac],
+            actions,
+            q,
+            literal=hp.literal_reward,
+            zoom_cost=hp.zoom_cost,
+            clip=hp.reward_clip,
+        )
 
         # Per-node selections: policies learn from every labelled node; f_k from the nodes
         # whose parent zoomed (k > 0) and that did not zoom themselves (k < L).
@@ -251,20 +262,42 @@ class RAZN(SegmentationTask):
         for opt, n in zip(opts, counts.tolist(), strict=True):
             if n > 0:
                 opt.step()
+        # The schedule counts iterations, stepped or not (PyTorch warns when a scheduler steps
+        # before its optimizer ever did: the case of a network no sample chose yet).
         scheds = self.lr_schedulers()
-        for sched in scheds if isinstance(scheds, list) else [scheds]:
-            sched.step()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            for sched in scheds if isinstance(scheds, list) else [scheds]:
+                sched.step()
 
-        b = images[0].shape[0]
+        self._log_train(final_j, final_w, loss_j, actions[0], probs[0], rewards[0])
+
+    def _log_train(self, final_j, final_w, loss_j, a, p, r) -> None:
+        """Batch means over all ranks (one all-reduce), so every rank logs the same values."""
+        t = torch.stack(
+            [
+                (final_w * final_j).sum(),
+                final_w.sum(),
+                loss_j[0].detach().sum(),
+                loss_j[1].detach().sum(),
+                torch.tensor(float(loss_j[1].numel()), device=a.device),
+                a.sum(),
+                p.detach().sum(),
+                r.sum(),
+                torch.tensor(float(a.numel()), device=a.device),
+            ]
+        )
+        lw, w, j0, j1, n1, za, zp, rw, n = self._global_sum(t.float()).unbind()
         log = {
-            "train/loss": (final_w * final_j).sum() / final_w.sum().clamp_min(1e-12),
-            "train/loss_x0": loss_j[0].detach().mean(),
-            "train/loss_x1": loss_j[1].detach().mean(),
-            "train/zoom_rate": actions[0].mean(),
-            "train/zoom_prob": probs[0].detach().mean(),
-            "train/reward": rewards[0].sum() / actions[0].sum().clamp_min(1),
+            "train/loss": lw / w.clamp_min(1e-12),  # the sampled composition's loss
+            "train/loss_x0": j0 / n,
+            "train/loss_x1": j1 / n1,
+            "train/zoom_rate": za / n,
+            "train/zoom_prob": zp / n,
+            "train/reward": rw / za.clamp_min(1),  # mean reward of the zoomed fields
         }
-        self.log_dict(log, batch_size=b, prog_bar=False)
+        b = int(a.numel())
+        self.log_dict(log, batch_size=b)
         self.log("train/loss_step", log["train/loss"], batch_size=b, prog_bar=True, logger=False)
 
     def _global_sum(self, t: Tensor) -> Tensor:
@@ -274,42 +307,41 @@ class RAZN(SegmentationTask):
 
     # ------------------------------------------------------------------- inference
     def batch_logits(self, batch: dict[str, Any]) -> Tensor:
-        """The policy decides per field; zoomed fields get f_θ1's stitched tiles."""
-        images, _, q = zoom_pyramid(_images_only(batch), self.levels)
+        """The policy decides per field; zoomed fields get f_θ1's tiles, stitched at logit
+        resolution (r× finer than f_θ0's) and resized once to the label grid."""
+        images, _, q = zoom_pyramid(images_only(batch), self.levels)
         decisions: list[Tensor] = []
         nodes = torch.arange(images[0].shape[0], device=images[0].device)
         out = self._infer(0, nodes, images, q, decisions)
         self._decisions = decisions
-        label = batch.get("label")
-        if label is not None and tuple(out.shape[-2:]) != tuple(label.shape[-2:]):
-            out = F.interpolate(out, size=label.shape[-2:], mode="bilinear", align_corners=False)
-        return out
+        size = (batch["label"] if "label" in batch else batch["image"]).shape[-2:]
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
     def _infer(self, k: int, nodes: Tensor, images, q, decisions: list[Tensor]) -> Tensor:
+        """Logits of level-k ``nodes`` on a grid of (output size) · q_{k+1} · … · q_L, so zoomed
+        children stitch into it exactly and unzoomed nodes are upsampled to it."""
         x = self.normalize(images[k][nodes])
-        size = x.shape[-2:]
+        side = x.shape[-1] // FCNSegmenter.output_stride
+        for n in q[k + 1 :]:
+            side *= n
         if k < self.levels:
             zoom = torch.sigmoid(self.policies[k](x).float()) >= self.hparams.threshold
-            if len(decisions) <= k:
-                decisions.append(zoom)
-            else:
-                decisions[k] = torch.cat([decisions[k], zoom])
+            decisions.append(zoom)  # each level is visited once per batch
         else:
             zoom = torch.zeros(len(nodes), dtype=torch.bool, device=x.device)
-        out = x.new_zeros((len(nodes), self.num_classes, *size))
+        out = x.new_zeros((len(nodes), self.num_classes, side, side))
         stay = ~zoom
         if stay.any():
             logits = self.segmenters[k](x[stay])
-            out[stay] = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).to(
-                out.dtype
-            )
+            if logits.shape[-1] != side:
+                logits = F.interpolate(
+                    logits, size=(side, side), mode="bilinear", align_corners=False
+                )
+            out[stay] = logits.to(out.dtype)
         if zoom.any():
             n = q[k + 1] ** 2
             children = (nodes[zoom][:, None] * n + torch.arange(n, device=x.device)).flatten()
-            stitched = from_tiles(self._infer(k + 1, children, images, q, decisions), q[k + 1])
-            if q[k + 1] > 1:
-                stitched = F.avg_pool2d(stitched, q[k + 1])
-            out[zoom] = stitched.to(out.dtype)
+            out[zoom] = from_tiles(self._infer(k + 1, children, images, q, decisions), q[k + 1])
         return out
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
@@ -333,7 +365,7 @@ class RAZN(SegmentationTask):
         """Zoom rate per level and per field class (``<stage>/zoom_rate…``)."""
         if not stats.update_called:
             return {}
-        s = {k: v.cpu() for k, v in stats.compute().items()}
+        s = {k: v.cpu().reshape(-1) for k, v in stats.compute().items()}  # (1,) comes back 0-d
         stats.reset()
         out = {"zoom_rate": float(s["zoomed"][0] / s["seen"][0].clamp_min(1))}
         for k in range(1, self.levels):
@@ -346,27 +378,3 @@ class RAZN(SegmentationTask):
         for key, value in out.items():  # identical on every rank after compute()
             self.log(f"{stage}/{key}", value, sync_dist=True)
         return out
-
-
-def _images_only(batch: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in batch.items()
-        if k == "image" or (k.startswith("zoom") and not k.endswith("_label"))
-    }
-
-
-def load_pretrained(segmenters: nn.ModuleList, pretrained: str | None) -> None:
-    """Load local ResNet-18 weights into every segmenter's encoder (no download, ever)."""
-    if pretrained is None:
-        return
-    if str(pretrained).lower() == "imagenet":
-        raise InputError(
-            None,
-            "pretrained: 'imagenet' needs a download, and this suite never downloads weights. "
-            "Save torchvision's resnet18 ImageNet state dict on a machine with network "
-            "(torch.save(resnet18(weights='IMAGENET1K_V1').state_dict(), 'resnet18.pth')) and "
-            "pass that file's path as pretrained (width must be 1.0)",
-        )
-    for seg in segmenters:
-        seg.load_backbone(pretrained)

@@ -29,7 +29,7 @@ def _clean(d: dict) -> dict:
 
 def write_report(trainer, model, schedule: str, best_checkpoint: str | None) -> Path:
     """Print the test table next to the majority-class baseline and save both."""
-    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    run_dir = _run_dir(trainer)
     run_dir.mkdir(parents=True, exist_ok=True)
     scores = dict(model.test_scores or {})
     names = list(model.class_names)
@@ -77,6 +77,16 @@ def write_report(trainer, model, schedule: str, best_checkpoint: str | None) -> 
     (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
     print("\n" + text + f"\nwritten to {run_dir}/results.md", flush=True)
     return run_dir
+
+
+def _run_dir(trainer) -> Path:
+    """``trainer.log_dir`` without its broadcast: only rank 0 writes the report, and under DDP
+    a broadcast there would wait for ranks that have already finished (gloo: crash)."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    path = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+    return Path(path or trainer.default_root_dir)
 
 
 def _jsonable(v) -> bool:

@@ -19,6 +19,10 @@ from shapely.geometry import MultiPolygon, Polygon, mapping
 from lightning_modules.overlays import blend, save_png
 
 NOT_SEGMENTED = 0
+#: Polygons leave out pieces and fill holes smaller than this (about one cell), as QuPath's
+#: "minimum object / hole size" does; class areas in the summary JSON come from the full mask.
+MIN_REGION_UM2 = 100.0
+MAX_REPAIR_RINGS = 1000
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -71,21 +75,36 @@ def write_overlay(
     return _atomic(path, lambda tmp: save_png(tmp, picture))
 
 
-def _ring(contour: np.ndarray, downsample: int) -> list[tuple[float, float]]:
+def _ring(contour: np.ndarray, downsample: int) -> np.ndarray:
     """Contour of boundary-pixel centres -> level-0 coordinates of those centres."""
-    pts = (contour.reshape(-1, 2).astype(np.float64) + 0.5) * downsample
-    return [tuple(p) for p in pts]
+    return (contour.reshape(-1, 2).astype(np.float64) + 0.5) * downsample
 
 
-def class_polygons(binary: np.ndarray, downsample: int) -> MultiPolygon | None:
-    """Valid (multi)polygons of a binary low-resolution map, in level-0 pixel coordinates."""
-    contours, hierarchy = cv2.findContours(
-        binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
-    )
+def _drop_small(binary: np.ndarray, min_pixels: int, connectivity: int) -> np.ndarray:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=connectivity)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_pixels
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+def class_polygons(binary: np.ndarray, downsample: int, min_pixels: int = 1) -> list[Polygon]:
+    """Polygons (with holes) of a binary low-resolution map, in level-0 pixel coordinates.
+
+    As QuPath does when it makes objects from a pixel classifier, pieces and holes smaller
+    than `min_pixels` are dropped / filled first. Each outer contour is one polygon: contours
+    of one map never overlap, so no union is needed (a union of a noisy map's 100k pieces takes
+    GEOS minutes). Rings that touch themselves at a pixel corner are repaired, except in
+    polygons with more than `MAX_REPAIR_RINGS` holes (noise; readers repair those on import).
+    """
+    binary = binary.astype(np.uint8)
+    if min_pixels > 1:
+        binary = _drop_small(binary, min_pixels, 8)
+        binary = 1 - _drop_small(1 - binary, min_pixels, 4)
+    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
-        return None
+        return []
     tree = hierarchy[0]  # [next, previous, first child, parent]
-    parts = []
+    polygons: list[Polygon] = []
     for i, contour in enumerate(contours):
         if tree[i][3] != -1 or len(contour) < 3:
             continue  # holes are added to their parent; lines and points have no area
@@ -94,15 +113,14 @@ def class_polygons(binary: np.ndarray, downsample: int) -> MultiPolygon | None:
             if len(contours[child]) >= 3:
                 holes.append(_ring(contours[child], downsample))
             child = tree[child][0]
-        parts.append(Polygon(_ring(contour, downsample), holes))
-    if not parts:
-        return None
-    shape = shapely.make_valid(shapely.union_all(parts))
-    polys = [g for g in getattr(shape, "geoms", [shape]) if isinstance(g, Polygon) and g.area > 0]
-    for g in getattr(shape, "geoms", []):
-        if isinstance(g, MultiPolygon):
-            polys.extend(p for p in g.geoms if p.area > 0)
-    return MultiPolygon(polys) if polys else None
+        polygon = Polygon(_ring(contour, downsample), holes)
+        if len(holes) <= MAX_REPAIR_RINGS and not polygon.is_valid:
+            fixed = shapely.make_valid(polygon, method="structure", keep_collapsed=False)
+            parts = getattr(fixed, "geoms", [fixed])
+            polygons.extend(g for g in parts if isinstance(g, Polygon) and g.area > 0)
+        elif polygon.area > 0:
+            polygons.append(polygon)
+    return polygons
 
 
 def write_geojson(
@@ -111,17 +129,20 @@ def write_geojson(
     downsample: int,
     class_names: Sequence[str],
     colors: Sequence[Sequence[int]],
+    mpp: float | None = None,
 ) -> Path:
-    """QuPath-importable GeoJSON: one annotation per predicted class (a MultiPolygon)."""
+    """QuPath-importable GeoJSON: one annotation per predicted class (a MultiPolygon); with
+    the slide's `mpp`, regions under `MIN_REGION_UM2` are left out (holes filled)."""
+    min_pixels = 1 if mpp is None else round(MIN_REGION_UM2 / (mpp * downsample) ** 2)
     features = []
     for c, (name, color) in enumerate(zip(class_names, colors, strict=True)):
-        shape = class_polygons(lowres == c + 1, downsample)
-        if shape is None:
+        polygons = class_polygons(lowres == c + 1, downsample, max(min_pixels, 1))
+        if not polygons:
             continue
         features.append(
             {
                 "type": "Feature",
-                "geometry": mapping(shape),
+                "geometry": mapping(MultiPolygon(polygons)),
                 "properties": {
                     "objectType": "annotation",
                     "name": str(name),

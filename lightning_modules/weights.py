@@ -104,6 +104,10 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+HEADS = ("fc.", "classifier.", "head.", "last_linear.")
+"""Classifier keys of ImageNet files that an encoder does not have (ignored when loading)."""
+
+
 def load_encoder_weights(
     module: nn.Module,
     path: str | Path,
@@ -111,30 +115,34 @@ def load_encoder_weights(
 ) -> int:
     """Copy the tensors of `path` into `module`; returns how many were loaded.
 
-    Keys may carry one of `prefixes` (the prefix that matches most tensors is used); extra keys
-    (e.g. a classifier ``fc.*``) are ignored, but every tensor of `module` must be found with
-    the right shape, or an `InputError` names what is missing.
+    Keys may carry one of `prefixes` (the prefix that matches most tensors is used). The file
+    must fit exactly, apart from a classifier (`HEADS`): every tensor of `module` must be there
+    with its shape, and no other tensor under the prefix may be left over (a ResNet-34 file
+    holds every ResNet-18 tensor, so a subset check alone would accept it).
     """
     state = load_state(path)
     own = module.state_dict()
 
-    def fitting(prefix: str) -> dict[str, torch.Tensor]:
-        out = {}
-        for key, value in state.items():
-            if key.startswith(prefix):
-                name = key[len(prefix) :]
-                if name in own and own[name].shape == value.shape:
-                    out[name] = value
-        return out
+    def under(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
-    best = max((fitting(p) for p in prefixes), key=len)
+    def fitting(prefix: str) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in under(prefix).items() if k in own and own[k].shape == v.shape}
+
+    prefix = max(prefixes, key=lambda p: len(fitting(p)))
+    best = fitting(prefix)
     # old torchvision files predate BatchNorm's num_batches_tracked counter
     missing = [k for k in own if k not in best and not k.endswith("num_batches_tracked")]
-    if missing:
+    extra = [k for k in under(prefix) if k not in best and not k.startswith(HEADS)]
+    if missing or extra:
+        problem = (
+            f"{len(missing)} of {len(own)} tensors missing or of another shape "
+            f"(e.g. {', '.join(missing[:3])})"
+            if missing
+            else f"{len(extra)} tensors it does not have (e.g. {', '.join(extra[:3])})"
+        )
         raise InputError(
-            path,
-            f"does not fit the {type(module).__name__} encoder: {len(missing)} of {len(own)} "
-            f"tensors missing or of another shape (e.g. {', '.join(missing[:3])})",
+            path, f"does not fit the {type(module).__name__} encoder: {problem}; wrong network?"
         )
     module.load_state_dict(best, strict=False)
     return len(best)

@@ -79,9 +79,17 @@ def write(tmp_path, name, text):
 
 def test_builtin_maps_and_aliases():
     assert BACH.num_classes == 4 and BACH.ordinal and BACH.unannotated == 0
-    for text, cls in [("Normal", 0), ("Benign", 1), ("Carcinoma in situ", 2),
-                      ("In situ carcinoma", 2), ("In situ", 2), ("Invasive carcinoma", 3),
-                      ("Carcinoma invasive", 3), ("  INVASIVE_carcinoma ", 3), ("in-situ", 2)]:
+    for text, cls in [
+        ("Normal", 0),
+        ("Benign", 1),
+        ("Carcinoma in situ", 2),
+        ("In situ carcinoma", 2),
+        ("In situ", 2),
+        ("Invasive carcinoma", 3),
+        ("Carcinoma invasive", 3),
+        ("  INVASIVE_carcinoma ", 3),
+        ("in-situ", 2),
+    ]:
         assert BACH.index(text) == cls, text
     tiger = load_class_map("tiger")
     assert tiger.num_classes == 7 and tiger.unannotated == IGNORE and not tiger.ordinal
@@ -106,9 +114,13 @@ def test_unknown_label_lists_known(tmp_path):
 
 
 def test_user_yaml_map(tmp_path):
-    path = write(tmp_path, "mine.yaml", "classes: [bg, lesion]\nunannotated: bg\n"
-                 "aliases: {Tumor Region: lesion, outline: skip}\n"
-                 "mask_values: {0: bg, 9: lesion}\n")
+    path = write(
+        tmp_path,
+        "mine.yaml",
+        "classes: [bg, lesion]\nunannotated: bg\n"
+        "aliases: {Tumor Region: lesion, outline: skip}\n"
+        "mask_values: {0: bg, 9: lesion}\n",
+    )
     cmap = load_class_map(path)
     assert cmap.name == "mine" and cmap.index("tumor_region") == 1 and cmap.lut()[9] == 1
     assert cmap.rank()[1] > cmap.rank()[0]
@@ -123,11 +135,17 @@ def test_user_yaml_map(tmp_path):
 
 
 def test_aperio_label_variants(tmp_path):
-    path = write(tmp_path, "bach.xml", aperio([
-        ('Text="Carcinoma in situ"', None, square(10, 10, 20), ""),
-        ('Text=""', "Invasive carcinoma", square(50, 10, 20), ""),
-        ("", None, square(10, 50, 20), "Benign"),
-    ]))
+    path = write(
+        tmp_path,
+        "bach.xml",
+        aperio(
+            [
+                ('Text="Carcinoma in situ"', None, square(10, 10, 20), ""),
+                ('Text=""', "Invasive carcinoma", square(50, 10, 20), ""),
+                ("", None, square(10, 50, 20), "Benign"),
+            ]
+        ),
+    )
     regions = read_annotations(path)
     assert [r.label for r in regions] == ["Carcinoma in situ", "Invasive carcinoma", "Benign"]
     assert regions[0].polygon.area == pytest.approx(400)
@@ -137,11 +155,17 @@ def test_aperio_label_variants(tmp_path):
 
 
 def test_asap_ordered_by_order(tmp_path):
-    path = write(tmp_path, "tiger.xml", asap([
-        ("tumor-associated stroma", "Polygon", square(0, 0, 40)),
-        ("invasive tumor", "Polygon", [(50, 0), (90, 0), (90, 40), (50, 40)]),
-        ("lymphocytes and plasma cells", "Dot", [(5, 5)]),
-    ]))
+    path = write(
+        tmp_path,
+        "tiger.xml",
+        asap(
+            [
+                ("tumor-associated stroma", "Polygon", square(0, 0, 40)),
+                ("invasive tumor", "Polygon", [(50, 0), (90, 0), (90, 40), (50, 40)]),
+                ("lymphocytes and plasma cells", "Dot", [(5, 5)]),
+            ]
+        ),
+    )
     with pytest.warns(UserWarning, match="point annotation"):
         regions = read_annotations(path)
     assert [r.label for r in regions] == ["tumor-associated stroma", "invasive tumor"]
@@ -152,13 +176,22 @@ def test_asap_ordered_by_order(tmp_path):
 
 def test_geojson_holes_and_multipolygon(tmp_path):
     ring, hole = square(0, 0, 60), square(20, 20, 20)
-    data = {"type": "FeatureCollection", "features": [
-        feature({"type": "Polygon", "coordinates": [ring + ring[:1], hole + hole[:1]]},
-                classification="Benign"),
-        feature({"type": "MultiPolygon", "coordinates": [[square(70, 0, 10)],
-                                                         [square(70, 20, 10)]]},
-                name="Invasive"),
-    ]}
+    data = {
+        "type": "FeatureCollection",
+        "features": [
+            feature(
+                {"type": "Polygon", "coordinates": [ring + ring[:1], hole + hole[:1]]},
+                classification="Benign",
+            ),
+            feature(
+                {
+                    "type": "MultiPolygon",
+                    "coordinates": [[square(70, 0, 10)], [square(70, 20, 10)]],
+                },
+                name="Invasive",
+            ),
+        ],
+    }
     regions = read_annotations(write(tmp_path, "qupath.geojson", data))
     assert [r.label for r in regions] == ["Benign", "Invasive", "Invasive"]
     assert regions[0].polygon.area == pytest.approx(3600 - 400)
@@ -169,15 +202,23 @@ def test_geojson_holes_and_multipolygon(tmp_path):
     assert len(read_annotations(write(tmp_path, "list.json", data["features"]))) == 3
 
 
-@pytest.mark.parametrize("text, problem", [
-    ({"type": "FeatureCollection", "features": [feature({"type": "Point", "coordinates": [1, 2]},
-                                                        name="Benign")]}, "Point geometry"),
-    ('<Annotations><Annotation><Regions></Annotation>', "not well-formed XML"),
-    ("<Slide><Foo/></Slide>", "unknown XML annotation format"),
-    ("<Annotations><Annotation Name='x'><Regions/></Annotation></Annotations>", "no polygon"),
-    ({"type": "FeatureCollection", "features": []}, "no polygon"),
-    ("just text", "not an annotation file"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (
+            {
+                "type": "FeatureCollection",
+                "features": [feature({"type": "Point", "coordinates": [1, 2]}, name="Benign")],
+            },
+            "Point geometry",
+        ),
+        ("<Annotations><Annotation><Regions></Annotation>", "not well-formed XML"),
+        ("<Slide><Foo/></Slide>", "unknown XML annotation format"),
+        ("<Annotations><Annotation Name='x'><Regions/></Annotation></Annotations>", "no polygon"),
+        ({"type": "FeatureCollection", "features": []}, "no polygon"),
+        ("just text", "not an annotation file"),
+    ],
+)
 def test_reader_errors_name_the_file(tmp_path, text, problem):
     path = write(tmp_path, "bad.xml" if isinstance(text, str) else "bad.geojson", text)
     with pytest.raises(InputError, match=problem) as err:
@@ -187,10 +228,16 @@ def test_reader_errors_name_the_file(tmp_path, text, problem):
 
 def test_short_and_invalid_polygons(tmp_path):
     bowtie = [(0, 0), (20, 20), (20, 0), (0, 20)]
-    path = write(tmp_path, "mixed.xml", aperio([
-        ('Text="Benign"', None, [(0, 0), (5, 5)], ""),
-        ('Text="Benign"', None, bowtie, ""),
-    ]))
+    path = write(
+        tmp_path,
+        "mixed.xml",
+        aperio(
+            [
+                ('Text="Benign"', None, [(0, 0), (5, 5)], ""),
+                ('Text="Benign"', None, bowtie, ""),
+            ]
+        ),
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         regions = read_annotations(path)
@@ -202,8 +249,10 @@ def test_short_and_invalid_polygons(tmp_path):
 
 
 def test_unknown_label_fails_at_construction(tmp_path):
-    regions = [Region("Benign", Polygon(square(0, 0, 5))),
-               Region("Tumor", Polygon(square(9, 9, 5)))]
+    regions = [
+        Region("Benign", Polygon(square(0, 0, 5))),
+        Region("Tumor", Polygon(square(9, 9, 5))),
+    ]
     with pytest.raises(InputError, match=r"'Tumor'.*class map 'bach'.*known labels: benign"):
         PolygonLabels(regions, "bach", 0.5, source=tmp_path / "a.xml")
 
@@ -212,9 +261,11 @@ def test_unknown_label_fails_at_construction(tmp_path):
 
 
 def test_partly_outside_is_clipped_with_one_warning(tmp_path):
-    regions = [Region("Benign", Polygon(square(80, 80, 40))),
-               Region("Benign", Polygon(square(-10, 50, 20))),
-               Region("Invasive", Polygon(square(300, 300, 10)))]
+    regions = [
+        Region("Benign", Polygon(square(80, 80, 40))),
+        Region("Benign", Polygon(square(-10, 50, 20))),
+        Region("Invasive", Polygon(square(300, 300, 10))),
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         source = PolygonLabels(regions, BACH, 0.5, (100, 100), source="slide1.xml")
@@ -228,8 +279,10 @@ def test_partly_outside_is_clipped_with_one_warning(tmp_path):
 
 
 def test_overlap_precedence_both_ways():
-    regions = [Region("Invasive", Polygon(square(0, 0, 30))),
-               Region("Benign", Polygon(square(20, 20, 30)))]
+    regions = [
+        Region("Invasive", Polygon(square(0, 0, 30))),
+        Region("Benign", Polygon(square(20, 20, 30))),
+    ]
     default = PolygonLabels(regions, BACH, 0.5).read((0, 0), (60, 60))
     assert default[25, 25] == 3  # later class (invasive) wins
     flipped = PolygonLabels(regions, BACH, 0.5, precedence=["invasive", "in situ", "benign"])
@@ -255,9 +308,15 @@ def test_fill_matches_pixel_centres():
     radii = rng.uniform(20, 45, 40)
     outer = Polygon(np.c_[50 + radii * np.cos(angles), 50 + radii * np.sin(angles)])
     shape = outer.difference(Polygon(square(45.3, 45.3, 9.1))).union(
-        Polygon(square(70.2, 70.2, 40)))
-    regions = [Region("Benign", p) for p in [outer.difference(Polygon(square(45.3, 45.3, 9.1))),
-                                              Polygon(square(70.2, 70.2, 40))]]
+        Polygon(square(70.2, 70.2, 40))
+    )
+    regions = [
+        Region("Benign", p)
+        for p in [
+            outer.difference(Polygon(square(45.3, 45.3, 9.1))),
+            Polygon(square(70.2, 70.2, 40)),
+        ]
+    ]
     x0, y0, f = 3.7, -2.2, 0.8
     labels = PolygonLabels(regions, BACH, 0.5).read((x0, y0), (140, 150), mpp=0.5 * f)
     jj, ii = np.meshgrid(np.arange(140), np.arange(150))
@@ -274,8 +333,11 @@ def test_fill_edges_empty_and_outside():
 
 
 def test_region_stats_and_pickle():
-    regions = [Region("Benign", Polygon(square(0, 0, 1000))), Region("benign", Polygon(
-        square(0, 0, 2000))), Region("Invasive", Polygon(square(0, 0, 500)))]
+    regions = [
+        Region("Benign", Polygon(square(0, 0, 1000))),
+        Region("benign", Polygon(square(0, 0, 2000))),
+        Region("Invasive", Polygon(square(0, 0, 500))),
+    ]
     stats = region_stats(regions, "bach", 0.5)
     assert stats["benign"]["count"] == 2 and stats["normal"]["count"] == 0
     assert stats["benign"]["area_mm2"] == pytest.approx(5e6 * 0.25 / 1e6)
@@ -334,8 +396,11 @@ def test_open_labels_dispatch(tmp_path):
     slide = SimpleNamespace(mpp=0.5, dimensions=(64, 64))
     xml = write(tmp_path, "a.xml", aperio([('Text="Benign"', None, square(0, 0, 8), "")]))
     assert isinstance(open_labels(xml, "bach", slide), PolygonLabels)
-    noext = write(tmp_path, "labels", json.dumps([feature(
-        {"type": "Polygon", "coordinates": [square(0, 0, 8)]}, name="Benign")]))
+    noext = write(
+        tmp_path,
+        "labels",
+        json.dumps([feature({"type": "Polygon", "coordinates": [square(0, 0, 8)]}, name="Benign")]),
+    )
     assert isinstance(open_labels(noext, "bach", slide), PolygonLabels)
     mask = write_mask(tmp_path / "m.tiff", np.ones((64, 64), np.uint8), 0.5)
     source = open_labels(mask, "bach", slide)
@@ -343,12 +408,21 @@ def test_open_labels_dispatch(tmp_path):
 
 
 def test_aperio_negative_region_and_ellipse(tmp_path):
-    path = write(tmp_path, "neg.xml", aperio([
-        ('Text="Benign"', None, square(0, 0, 40), "layer"),
-    ]).replace("</Regions>", '<Region Id="2" Type="0" NegativeROA="1"><Vertices>'
-               + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in square(10, 10, 20))
-               + '</Vertices></Region><Region Id="3" Type="2" Text="Invasive"><Vertices>'
-               '<Vertex X="100" Y="0"/><Vertex X="140" Y="20"/></Vertices></Region></Regions>'))
+    path = write(
+        tmp_path,
+        "neg.xml",
+        aperio(
+            [
+                ('Text="Benign"', None, square(0, 0, 40), "layer"),
+            ]
+        ).replace(
+            "</Regions>",
+            '<Region Id="2" Type="0" NegativeROA="1"><Vertices>'
+            + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in square(10, 10, 20))
+            + '</Vertices></Region><Region Id="3" Type="2" Text="Invasive"><Vertices>'
+            '<Vertex X="100" Y="0"/><Vertex X="140" Y="20"/></Vertices></Region></Regions>',
+        ),
+    )
     benign, ellipse = read_annotations(path)
     assert benign.polygon.area == pytest.approx(1600 - 400)  # the negative region is cut out
     assert ellipse.label == "Invasive"

@@ -219,7 +219,7 @@ def test_ensure_dataset_reuses_and_regenerates(tmp_path):
         ({"n_slides": 0}, "n_slides"),
         ({"label_noise": 1.5}, "label_noise"),
         ({"splits": (1, 1)}, "splits"),
-        ({"layout": "tiger"}, "not implemented"),
+        ({"layout": "tiger", "label_noise": 0.1}, "layout 'tiger' takes no"),
         ({"layout": "camelyon"}, "unknown layout"),
     ],
 )

@@ -199,8 +199,9 @@ def test_views_are_anti_aliased(tmp_path):
     yy, xx = np.mgrid[:2048, :2048]
     board = np.where((yy + xx) % 2 == 0, 255, 0).astype(np.uint8)
     slide = Slide(write_tiff(tmp_path / "board.tiff", np.dstack([board] * 3), 0.5))
-    labels = MaskLabels(write_tiff(tmp_path / "m.tiff", np.ones((2048, 2048), np.uint8), 0.5),
-                        "bach")
+    labels = MaskLabels(
+        write_tiff(tmp_path / "m.tiff", np.ones((2048, 2048), np.uint8), 0.5), "bach"
+    )
     for location in [(768, 768), (700.3, 650.7)]:
         views, _ = VIEW.read(slide, labels, location)
         for v in views[1:]:

@@ -56,7 +56,9 @@ def lesions_map(tmp_path):
 
 def test_split_by_slide(dm):
     assert {s: slides_of(dm, s) for s in SPLITS} == {
-        "train": {"slide_00"}, "val": {"slide_01"}, "test": {"slide_02"}
+        "train": {"slide_00"},
+        "val": {"slide_01"},
+        "test": {"slide_02"},
     }
     for split in SPLITS:
         assert len(dm.datasets[split]) > 10
@@ -81,8 +83,9 @@ def test_targets_on_grid_on_tissue(dm):
 
 def test_every_training_target_is_over_one_percent_annotated(synthetic_root, lesions_map):
     dm = make(synthetic_root, class_map=str(lesions_map), labels="annotations")
-    loose = make(synthetic_root, class_map=str(lesions_map), labels="annotations",
-                 min_annotated=-1.0)
+    loose = make(
+        synthetic_root, class_map=str(lesions_map), labels="annotations", min_annotated=-1.0
+    )
     ds = dm.datasets["train"]
     assert 10 < len(ds) < len(loose.datasets["train"])  # the rule rejects some tissue targets
     for s, x, y, _ in ds.entries:
@@ -118,8 +121,13 @@ def test_augmentation_keeps_views_and_label_aligned():
     """Views coloured by a random 4-px-block label field stay consistent with the label."""
     rng = np.random.default_rng(0)
     field = np.kron(rng.integers(0, 4, (256, 256)), np.ones((4, 4), np.int64))  # 1024²
-    views = np.stack([PALETTE[field[384:640, 384:640]], PALETTE[field[256:768:2, 256:768:2]],
-                      PALETTE[field[::4, ::4]]])
+    views = np.stack(
+        [
+            PALETTE[field[384:640, 384:640]],
+            PALETTE[field[256:768:2, 256:768:2]],
+            PALETTE[field[::4, ::4]],
+        ]
+    )
     label = field[384:640, 384:640].astype(np.uint8)
     ds = PatchDataset([], [], MultiMagView(), transform=augmentation(3))
     changed = 0
@@ -155,8 +163,9 @@ def test_class_balancing_raises_rare_class_share(synthetic_root, capsys):
     item = dm.datasets["train"][deformed[0]]
     assert item["image"].shape == (3, 3, 256, 256) and 1 in item["label"].unique().tolist()
     # the CPU schedule repeats the copies instead of deforming them: same entries, no warps
-    repeat = make(synthetic_root, balance_rates=[1, 4, 1, 1], class_order=[1, 3, 2, 0],
-                  balance_deform=False)
+    repeat = make(
+        synthetic_root, balance_rates=[1, 4, 1, 1], class_order=[1, 3, 2, 0], balance_deform=False
+    )
     capsys.readouterr()
     assert [e[:3] for e in repeat.datasets["train"].entries] == [e[:3] for e in entries]
     assert not any(e[3] for e in repeat.datasets["train"].entries)

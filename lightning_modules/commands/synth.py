@@ -16,17 +16,27 @@ def build_parser() -> argparse.ArgumentParser:
         "papers' hypotheses testable (see docs/synthetic.md). An existing set with the same "
         "parameters is reused; a different one is refused unless --overwrite.",
     )
-    p.add_argument("--out", default="data/synthetic", help="output folder (default: %(default)s)")
-    p.add_argument("--n-slides", type=int, default=6, help="number of slides (default: 6)")
-    p.add_argument("--size", type=int, default=8192, help="slide side in pixels (default: 8192)")
+    p.add_argument(
+        "--layout",
+        choices=("default", "tiger"),
+        default="default",
+        help="default: BACH-like slides (manifest, mask TIFFs, Aperio XML); tiger: the TIGER "
+        "challenge's wsirois folders (slides + ASAP XML, ROI PNGs + masks 0-7; see "
+        "docs/smp_tiger.md) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", help="output folder (default: data/synthetic, or data/synthetic_tiger for tiger)"
+    )
+    p.add_argument("--n-slides", type=int, help="number of slides (default: 6; tiger: 10)")
+    p.add_argument("--size", type=int, help="slide side in pixels (default: 8192; tiger: 4096)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--splits",
         type=int,
         nargs=3,
-        default=(4, 1, 1),
         metavar=("TRAIN", "VAL", "TEST"),
-        help="slides per split (default: 4 1 1)",
+        help="slides per split (default: 4 1 1; tiger: 8 1 1, recorded only: the TIGER reader "
+        "splits by slide itself)",
     )
     p.add_argument(
         "--unlabeled-band",
@@ -51,14 +61,20 @@ def main(argv: list[str]) -> int:
     from datamodules.synthetic import ensure_dataset
 
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
+    tiger = args.layout == "tiger"
+    if tiger:
+        from datamodules.synthetic_tiger import SYNTH_DEFAULTS as defaults
+    else:
+        defaults = {"n_slides": 6, "size": 8192, "splits": (4, 1, 1)}
+    out = Path(args.out or ("data/synthetic_tiger" if tiger else "data/synthetic"))
     params = dict(
-        n_slides=args.n_slides,
-        size=args.size,
+        n_slides=args.n_slides or defaults["n_slides"],
+        size=args.size or defaults["size"],
         seed=args.seed,
-        splits=tuple(args.splits),
+        splits=tuple(args.splits or defaults["splits"]),
         unlabeled_band=args.unlabeled_band,
         label_noise=args.label_noise,
+        layout=args.layout,
     )
     manifest_path = out / "manifest.json"
     before = manifest_path.read_bytes() if manifest_path.exists() else None

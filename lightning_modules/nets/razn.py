@@ -16,6 +16,7 @@ torchvision's ``resnet18``, so its state dict loads into a width-1 segmenter's e
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -166,7 +167,7 @@ class PolicyNet(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3))).squeeze(1)
 
 
-# ---------------------------------------------------------------------- tiles
+# ---------------------------------------------------------- tiles and zoom batches
 def to_tiles(x: Tensor, n: int) -> Tensor:
     """(B, C, n·h, n·w) -> (B·n², C, h, w): each image cut into n×n tiles, row-major per image."""
     if n == 1:
@@ -185,6 +186,59 @@ def from_tiles(t: Tensor, n: int) -> Tensor:
     bn, c, h, w = t.shape
     b = bn // (n * n)
     return t.reshape(b, n, n, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, n * h, n * w)
+
+
+def zoom_pyramid(batch: dict[str, Any], levels: int) -> tuple[list, list, list[int]]:
+    """Per level k: the nodes (fields or tiles) as a batch of ``size``² images, their labels and
+    q_k, the tiles per side a level-(k−1) node splits into (r natively, 1 when simulated).
+
+    Nodes of level k are in quadtree order: the q_k² children of node j are j·q_k² … + q_k² − 1.
+    """
+    x0 = batch["image"]
+    size = x0.shape[-1]
+    images, labels, q = [x0], [batch.get("label")], [1]
+    side = size
+    for k in range(1, levels + 1):
+        if f"zoom{k}" not in batch:
+            raise InputError(None, f"batch has no 'zoom{k}': use a ZoomView with levels >= {k}")
+        z, zl = batch[f"zoom{k}"], batch.get(f"zoom{k}_label")
+        qk = z.shape[-1] // side
+        if qk < 1 or z.shape[-1] != qk * side:
+            raise ValueError(f"zoom{k} is {z.shape[-1]} px, not a multiple of {side}")
+        q.append(qk)
+        side = z.shape[-1]
+        zl = None if zl is None else zl[:, None]
+        for n in q[1:]:
+            z = to_tiles(z, n)
+            zl = None if zl is None else to_tiles(zl, n)
+        images.append(z)
+        labels.append(None if zl is None else zl[:, 0])
+    return images, labels, q
+
+
+def images_only(batch: dict[str, Any]) -> dict[str, Any]:
+    """The image entries of a batch (inference must not depend on labels)."""
+    return {
+        k: v
+        for k, v in batch.items()
+        if k == "image" or (k.startswith("zoom") and not k.endswith("_label"))
+    }
+
+
+def load_pretrained(segmenters: nn.ModuleList, pretrained: str | None) -> None:
+    """Load local ResNet-18 weights into every segmenter's encoder (no download, ever)."""
+    if pretrained is None:
+        return
+    if str(pretrained).lower() == "imagenet":
+        raise InputError(
+            None,
+            "pretrained: 'imagenet' needs a download, and this suite never downloads weights. "
+            "Save torchvision's resnet18 ImageNet state dict on a machine with network "
+            "(torch.save(resnet18(weights='IMAGENET1K_V1').state_dict(), 'resnet18.pth')) and "
+            "pass that file's path as pretrained (width must be 1.0)",
+        )
+    for seg in segmenters:
+        seg.load_backbone(pretrained)
 
 
 # ---------------------------------------------------------------------- cost

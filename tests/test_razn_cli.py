@@ -1,0 +1,169 @@
+"""The RAZN experiments through the real `wsiseg` CLI: the shipped YAMLs, a trainer overlay and
+tests/conf/razn_tiny.yaml (64² fields, width x1/16, batch 2, no workers) on the session's
+synthetic slides; paths that differ per test go on the command line (nothing under runs/)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from lightning_modules.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+TINY = ROOT / "tests" / "conf" / "razn_tiny.yaml"
+EXPS = ["razn", "razn_m2", "razn_scale1", "razn_scale2", "razn_ms", "razn_attention"]
+
+
+def args(command, exp, data, out, trainer="cpu", overlays=()) -> list[str]:
+    """As `make train`: experiment, trainer overlay, extra overlays, then razn_tiny.yaml."""
+    paths = [EXPERIMENTS / f"{exp}.yaml", EXPERIMENTS / "trainer" / f"{trainer}.yaml"]
+    paths += [EXPERIMENTS / o for o in overlays] + [TINY]
+    return [
+        command,
+        *[a for path in paths for a in ("--config", str(path))],
+        "--data.init_args.root", str(data),
+        "--trainer.default_root_dir", str(out),
+        "--trainer.logger.init_args.save_dir", str(out),
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    """The run folder; the test runs in an empty working directory that must stay empty."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield tmp_path / "out"
+    assert sorted(p.name for p in cwd.iterdir()) == []
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny nets on a shared 2-core machine (see test_razn.py)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("exp", EXPS)
+def test_fast_dev_run(exp, synthetic_root, out, capsys):
+    rc = main([*args("fit", exp, synthetic_root, out), "--trainer.fast_dev_run", "1"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err[-3000:]
+    assert (out / "overlays" / "val_epoch000_0.png").is_file()
+
+
+def test_simulated_zoom_overlay(synthetic_root, out, capsys):
+    extra = ["data/razn_simulated.yaml"]
+    rc = main(
+        [
+            *args("fit", "razn", synthetic_root, out, overlays=extra),
+            "--data.init_args.view.init_args.size", "64",
+            "--trainer.fast_dev_run", "1",
+        ]
+    )  # fmt: skip
+    assert rc == 0, capsys.readouterr().err[-3000:]
+
+
+LIMITS = [
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "2",
+    "--trainer.limit_val_batches", "1",
+    "--trainer.limit_test_batches", "2",
+    "--trainer.num_sanity_val_steps", "0",
+]  # fmt: skip
+
+
+def test_train_reports_zoom_groups_and_relative_time(synthetic_root, out, capsys):
+    overlays = ["schedule/razn_cpu.yaml"]
+    extra = ["--trainer.log_every_n_steps", "1"]
+    rc = main([*args("train", "razn", synthetic_root, out, overlays=overlays), *LIMITS, *extra])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err[-3000:]
+    assert "schedule: REDUCED — RAZN CPU budget" in printed.out
+    run = out / "razn" / "version_0"
+    result = json.loads((run / "results.json").read_text())
+    assert result["method"] == "RAZN" and result["hparams"]["width"] == 0.0625
+    assert result["hparams"]["lr"] == 1e-3  # from the schedule overlay
+    s = result["scores"]
+    assert 0.0 <= s["group_iou/carcinoma"] <= 1.0 or s["group_iou/carcinoma"] is None
+    assert 0.0 <= s["zoom_rate"] <= 1.0
+    assert "| **IoU non carcinoma** |" in (run / "results.md").read_text()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    timing = [r for r in rows if r.get("test/relative_inference_time")]
+    assert timing and float(timing[0]["test/relative_inference_time"]) > 0
+    assert float(timing[0]["test/timing_fields"]) >= 1
+    zooms = [r for r in rows if r.get("train/zoom_rate")]
+    assert zooms and all(0 <= float(r["train/zoom_rate"]) <= 1 for r in zooms)
+
+
+def test_bad_alpha_is_one_line(synthetic_root, out, capsys):
+    rc = main([*args("fit", "razn", synthetic_root, out), "--model.init_args.alpha", "0.3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "alpha must be in (0.5, 1]" in err and "Traceback" not in err
+
+
+class RankMetrics(pl.Callback):
+    """Writes every rank's logged metrics and a parameter checksum to $RAZN_RANK_DUMP."""
+
+    def _dump(self, trainer, pl_module, stage):
+        folder = Path(os.environ["RAZN_RANK_DUMP"])
+        folder.mkdir(parents=True, exist_ok=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        params = float(sum(p.detach().double().sum() for p in pl_module.parameters()))
+        payload = {"metrics": metrics, "params": params}
+        (folder / f"{stage}_rank{trainer.global_rank}.json").write_text(json.dumps(payload))
+
+    def on_fit_end(self, trainer, pl_module):
+        self._dump(trainer, pl_module, "fit")
+
+    def on_test_end(self, trainer, pl_module):
+        self._dump(trainer, pl_module, "test")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_agree(synthetic_root, out, tmp_path):
+    """razn under experiments/trainer/ddp_cpu.yaml (2 gloo ranks) through the console script:
+    fit + test finish, and both ranks log the same metrics and hold the same weights."""
+    dump = tmp_path / "ranks"
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT),
+        "RAZN_RANK_DUMP": str(dump),
+        "OMP_NUM_THREADS": "1",
+    }
+    script = Path(sys.executable).with_name("wsiseg")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lightning_modules.cli"]
+    r = subprocess.run(
+        [
+            *cmd,
+            *args("train", "razn", synthetic_root, out, trainer="ddp_cpu"),
+            *LIMITS,
+            "--trainer.callbacks+=tests.test_razn_cli.RankMetrics",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "MEMBER: 2/2" in r.stderr + r.stdout
+    for stage in ("fit", "test"):
+        a, b = (json.loads((dump / f"{stage}_rank{i}.json").read_text()) for i in (0, 1))
+        assert a["params"] == pytest.approx(b["params"], rel=1e-9)
+        assert a["metrics"].keys() == b["metrics"].keys() and a["metrics"]
+        for key, value in a["metrics"].items():
+            assert value == pytest.approx(b["metrics"][key], rel=1e-5, abs=1e-6), key
+    test_keys = json.loads((dump / "test_rank0.json").read_text())["metrics"]
+    assert "test/miou" in test_keys and "test/relative_inference_time" in test_keys
+    assert "test/zoom_rate" in test_keys

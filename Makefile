@@ -9,8 +9,12 @@ EXP ?= dmmn_m3
 DATA ?=
 TRAINER ?= cpu
 ARGS ?=
-# cpu runs use the reduced CPU schedule unless SCHEDULE=paper; gpu runs use the paper's
-SCHEDULE ?= $(if $(filter cpu,$(TRAINER)),cpu_budget,paper)
+# cpu runs use the method family's reduced CPU schedule unless SCHEDULE=paper; gpu runs use the
+# paper's (experiments/schedule/*.yaml say what each one keeps and what it cuts)
+CPU_SCHEDULE := $(strip $(if $(filter dmmn_%,$(EXP)),cpu_budget,\
+  $(if $(filter razn%,$(EXP)),razn_cpu,\
+  $(if $(filter smp_% unet_bach,$(EXP)),cpu_budget_smp,cpu_budget_refinenet))))
+SCHEDULE ?= $(if $(filter cpu,$(TRAINER)),$(CPU_SCHEDULE),paper)
 DATA_CFG := $(if $(DATA),--config experiments/data/$(DATA).yaml,)
 SCHEDULE_CFG := $(if $(filter-out paper,$(SCHEDULE)),--config experiments/schedule/$(SCHEDULE).yaml,)
 

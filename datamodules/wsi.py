@@ -23,6 +23,7 @@ from .balancing import balanced_index, expected_counts_after_balancing, format_c
 from .classmaps import load_class_map
 from .datasets import PatchDataset, SlideSource, augmentation
 from .errors import InputError
+from .eval_sampler import EvalShardSampler
 from .samplers import grid_index
 from .slides import Slide
 from .views import MultiMagView, View
@@ -251,6 +252,12 @@ class WSIDataModule(pl.LightningDataModule):
         if split == "train" and cap is not None and cap < len(dataset):
             generator = torch.Generator().manual_seed(hp.seed)
             sampler = RandomSampler(dataset, num_samples=cap, generator=generator)
+        trainer = getattr(self, "trainer", None)
+        if split != "train" and trainer is not None and trainer.world_size > 1:
+            # Lightning's own DDP sampler would repeat patches to even the ranks out.
+            sampler = EvalShardSampler(
+                dataset, trainer.world_size, trainer.global_rank, hp.batch_size
+            )
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,

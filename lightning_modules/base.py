@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from datamodules.errors import InputError
 from lightning_modules.metrics import ConfusionMatrix, scores
@@ -44,9 +45,10 @@ class SegmentationTask(pl.LightningModule):
         num_overlays: overlay pictures saved per validation epoch and for the test set.
         norm_mean, norm_std: the normalisation constants (see ``NORM_MEAN``).
 
-    Logged: ``train/loss`` (per step), ``val/loss`` and ``test/loss`` (per epoch, synced), and
-    every finite value of :func:`lightning_modules.metrics.scores` as ``val/<key>`` /
-    ``test/<key>`` — ``val/miou`` is the checkpoint monitor.
+    Logged: ``train/loss`` (per step), ``val/loss`` and ``test/loss`` (per epoch: the mean over
+    patches of the batch losses, synced), and every finite value of
+    :func:`lightning_modules.metrics.scores` as ``val/<key>`` / ``test/<key>`` — ``val/miou``
+    is the checkpoint monitor.
     """
 
     hparams_ignore: tuple[str, ...] = ()
@@ -117,9 +119,14 @@ class SegmentationTask(pl.LightningModule):
         self.criterion = WeightedCrossEntropy.uniform(self.num_classes, self.ignore_index)
 
     def configure_metrics(self) -> None:
-        """One confusion matrix per stage; every score is derived from it."""
+        """One confusion matrix per stage; every score is derived from it. The stage loss is a
+        batch-size-weighted mean synced by torchmetrics (float sums), not by ``self.log``'s
+        ``sync_dist``: that floors its integer batch count when ranks score unequal numbers
+        of patches (Lightning-AI/pytorch-lightning#21859), as unpadded DDP evaluation does."""
         self.val_cm = ConfusionMatrix(self.num_classes, self.ignore_index)
         self.test_cm = ConfusionMatrix(self.num_classes, self.ignore_index)
+        self.val_loss_mean = MeanMetric()
+        self.test_loss_mean = MeanMetric()
 
     # ----------------------------------------------------------------------- forward
     @property
@@ -183,15 +190,9 @@ class SegmentationTask(pl.LightningModule):
         label = batch["label"]
         logits = self.batch_logits(batch)
         loss = self.criterion(logits, label)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            sync_dist=True,
-            batch_size=label.shape[0],
-            prog_bar=stage == "val",
-        )
+        mean = getattr(self, f"{stage}_loss_mean")
+        mean.update(loss.detach(), weight=label.shape[0])
+        self.log(f"{stage}/loss", mean, on_step=False, on_epoch=True, prog_bar=stage == "val")
         pred = logits.argmax(dim=1)
         cm.update(pred, label)
         return pred

@@ -124,6 +124,13 @@ class PolygonLabels:
             self._shapes.extend(parts)
             self._classes.extend([cls] * len(parts))
         where = self.source or "annotations"
+        if outside and not self._shapes:
+            raise InputError(
+                self.source,
+                f"all {outside} polygon(s) lie entirely outside the slide ({self.dimensions[0]}x"
+                f"{self.dimensions[1]} px): annotations of another slide, or coordinates that are "
+                "not level-0 pixels",
+            )
         if clipped:
             warnings.warn(
                 f"{where}: {clipped} polygon(s) extend beyond the slide "

@@ -6,6 +6,7 @@ any YAML file with the same fields.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -118,9 +119,21 @@ def _class_ref(value, classes: list[str], where: str, allow: tuple[str, ...]) ->
     raise InputError(where, f"{value!r} is not one of {classes} or {list(allow)}")
 
 
+#: The fields of a class map; anything else is a typo that would otherwise be dropped silently.
+FIELDS = ("name", "classes", "aliases", "unannotated", "mask_values", "ordinal", "colors",
+          "precedence", "groups")  # fmt: skip
+
+
 def _parse(name: str, spec: dict, source: str) -> ClassMap:
     if not isinstance(spec, dict) or "classes" not in spec:
         raise InputError(source, f"class map {name!r} needs a 'classes' list")
+    for key in spec:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InputError(
+                source, f"class map {name!r}: unknown key {key!r} ({hint}keys: {', '.join(FIELDS)})"
+            )
     classes = [str(c) for c in spec["classes"]]
     if not classes or len(classes) >= UNMAPPED:
         raise InputError(source, f"class map {name!r}: need 1..{UNMAPPED - 1} classes")

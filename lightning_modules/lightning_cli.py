@@ -11,6 +11,7 @@ import sys
 from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.cli import LightningCLI
 
+from .config_errors import WsisegArgumentParser
 from .loggers import WandbOptions, make_wandb_logger
 
 PAPER = "paper"
@@ -59,6 +60,7 @@ def _make_cli(args: list[str], run: bool) -> WsisegCLI:
             save_config_kwargs={"overwrite": False},
             auto_configure_optimizers=False,
             parser_kwargs={"prog": "wsiseg"},
+            parser_class=WsisegArgumentParser,  # config mistakes: one line naming the YAML
             run=run,
         )
     finally:

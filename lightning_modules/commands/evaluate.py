@@ -73,13 +73,13 @@ def main(argv: list[str]) -> int:
         raise InputError(None, f"--window must be >= 16, got {args.window}")
     from datamodules.classmaps import load_class_map
     from datamodules.confusion_stream import evaluate_slide
-    from lightning_modules.metrics import format_table, scores
 
     class_map = load_class_map(args.classes)
     unseg = _unsegmented_class(args.unsegmented, class_map)
     result = evaluate_slide(
         args.pred, args.truth, class_map, args.mpp, args.eval_mpp, args.window, unseg
     )
+    from lightning_modules.metrics import format_table, scores  # torch: only once inputs are good
     names = list(class_map.classes)
     if result.labelled == 0:
         raise InputError(args.truth, "no labelled pixel on the prediction's extent")

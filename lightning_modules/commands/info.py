@@ -49,11 +49,13 @@ def describe(slide: Slide) -> list[str]:
 
 
 def describe_annotations(path: str, slide: Slide, classes: str) -> list[str]:
-    from datamodules.annotations import read_annotations, region_stats
+    from datamodules.annotations import PolygonLabels, read_annotations, region_stats
     from datamodules.classmaps import load_class_map
 
     class_map = load_class_map(classes)
     regions = read_annotations(path)
+    # as training would take them: every label known, not all of them off this slide
+    PolygonLabels(regions, class_map, slide.mpp, slide.dimensions, source=path)
     stats = region_stats(regions, class_map, slide.mpp, source=path)
     lines = [f"annotations {path} ({len(regions)} regions, class map {class_map.name})"]
     lines.append(f"  {'class':<28} {'regions':>8} {'area mm2':>10}")

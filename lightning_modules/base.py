@@ -217,8 +217,27 @@ class SegmentationTask(pl.LightningModule):
         if result is not None and not self.trainer.sanity_checking:
             self.val_scores = result
 
+    def on_validation_epoch_start(self) -> None:
+        self._share_buffers()
+
     def on_test_epoch_start(self) -> None:
         self._test_overlays_saved = 0
+        self._share_buffers()
+
+    def _share_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank before evaluating.
+
+        DDP broadcasts them before each forward, but not after a manually optimised step
+        (Lightning's forward redirection marks that forward as not syncing), so under manual
+        optimisation (RAZN) every rank would keep its own statistics and score a different
+        model, while the checkpoint holds rank 0's.
+        """
+        if self.automatic_optimization or self._trainer is None or self.trainer.world_size < 2:
+            return
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        for buffer in self.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)
 
     def on_test_epoch_end(self) -> None:
         if self.test_cm.update_called:

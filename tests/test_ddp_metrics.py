@@ -7,8 +7,10 @@ the same weights on the same patches: any difference comes from how the split wa
 between ranks. The validation split is capped at 5 patches in batches of 2, so Lightning's
 default DistributedSampler (which pads 5 to 6 by repeating patch 0) would show.
 
-The `DumpVal` callback writes, per rank, the logged ``val/*`` values and how many patches the
-rank scored; both ranks must agree on every value, and the ranks' counts must sum to the split.
+The `DumpVal` callback writes, per rank, the logged ``val/*`` values, how many patches the rank
+scored and a checksum of every parameter and buffer: both ranks must evaluate the model that was
+saved (BatchNorm statistics included) and log the same values, and the counts must sum to the
+split.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def test_fewer_patches_than_ranks_is_a_clean_error():
 
 
 class DumpVal(pl.Callback):
-    """Writes ``$DDP_DUMP/rank<r>.json``: this rank's logged ``val/*`` metrics and patch count."""
+    """Writes ``$DDP_DUMP/rank<r>.json``: this rank's ``val/*`` metrics, patch count, state sums."""
 
     def __init__(self) -> None:
         self.seen = 0
@@ -83,7 +85,9 @@ class DumpVal(pl.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         folder = Path(os.environ["DDP_DUMP"])
         folder.mkdir(parents=True, exist_ok=True)
-        payload = {"metrics": metrics, "seen": self.seen}
+        state = pl_module.state_dict()  # parameters and buffers (BatchNorm statistics)
+        checksum = {k: float(v.double().sum()) for k, v in state.items() if v.is_floating_point()}
+        payload = {"metrics": metrics, "seen": self.seen, "state": checksum}
         (folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(payload))
 
 
@@ -149,6 +153,7 @@ def test_ddp_validation_equals_single_process(exp, request, tmp_path):
     ddp, other = ranks[0]["metrics"], ranks[1]["metrics"]
     assert "val/miou" in ddp and "val/loss" in ddp
     assert ddp == pytest.approx(other, rel=1e-6, abs=1e-7)  # both ranks log the same values
+    assert ranks[1]["state"] == pytest.approx(ranks[0]["state"], rel=1e-9)  # the same model
 
     (ckpt,) = fit_out.rglob("last.ckpt")
     val_out, val_dump = tmp_path / "validate", tmp_path / "dump_validate"
@@ -157,6 +162,7 @@ def test_ddp_validation_equals_single_process(exp, request, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (single,) = read_ranks(val_dump)
     assert single["seen"] == N_VAL
+    assert single["state"] == pytest.approx(ranks[0]["state"], rel=1e-9)  # what DDP evaluated
     assert single["metrics"].keys() == ddp.keys()
     for key, value in single["metrics"].items():
         assert ddp[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

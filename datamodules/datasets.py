@@ -99,6 +99,10 @@ class PatchDataset(Dataset):
     def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict | None = None):
         """(views, label), or (views, label, extra) when extra arrays are given."""
         more = {f"image{i}": views[i] for i in range(1, len(views))}
+        # albumentations draws from OS entropy unless seeded: seed it from torch's generator,
+        # which seed_everything (and Lightning's worker_init_fn in workers) makes reproducible.
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
         out = self.transform(image=views[0], mask=label, **more, **(extra or {}))
         stacked = [out["image"]] + [out[f"image{i}"] for i in range(1, len(views))]
         if extra is None:

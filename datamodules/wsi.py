@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from .annotations import MaskLabels, open_labels
 from .balancing import balanced_index, expected_counts_after_balancing, format_counts
@@ -26,6 +26,7 @@ from .errors import InputError
 from .eval_sampler import EvalShardSampler
 from .samplers import grid_index
 from .slides import Slide
+from .train_order import EpochSampler, resume_offset
 from .views import MultiMagView, View
 
 log = logging.getLogger(__name__)
@@ -247,11 +248,7 @@ class WSIDataModule(pl.LightningDataModule):
             self.setup()
         hp = self.hparams
         dataset = self.datasets[split]
-        sampler = None
-        cap = hp.max_patches[0]
-        if split == "train" and cap is not None and cap < len(dataset):
-            generator = torch.Generator().manual_seed(hp.seed)
-            sampler = RandomSampler(dataset, num_samples=cap, generator=generator)
+        sampler = self._train_sampler(dataset) if split == "train" else None
         trainer = getattr(self, "trainer", None)
         if split != "train" and trainer is not None and trainer.world_size > 1:
             # Lightning's own DDP sampler would repeat patches to even the ranks out.
@@ -261,12 +258,34 @@ class WSIDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,
-            shuffle=split == "train" and sampler is None,
             sampler=sampler,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             drop_last=False,
         )
+
+    def _train_sampler(self, dataset) -> EpochSampler:
+        """A fresh order (capped at ``max_patches[0]``) per epoch, seeded by the data seed and
+        `seed_everything`'s (PL_GLOBAL_SEED), one share per DDP rank; see datamodules.train_order.
+        """
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return EpochSampler(
+            dataset,
+            num_samples=self.hparams.max_patches[0],
+            seed=[self.hparams.seed, int(os.environ.get("PL_GLOBAL_SEED", 0))],
+            num_replicas=world,
+            rank=rank,
+            batch_size=self.hparams.batch_size,
+            resume_offset=self._resume_offset,
+        )
+
+    def _resume_offset(self) -> tuple[int, int] | None:
+        """(epoch, batches done) when the trainer resumes mid-epoch from a checkpoint."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        return resume_offset(trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

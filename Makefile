@@ -9,6 +9,9 @@ EXP ?= dmmn_m3
 DATA ?=
 TRAINER ?= cpu
 ARGS ?=
+# RESUME=1: continue EXP's latest run (its newest last*.ckpt) in its own run folder
+RESUME ?=
+RESUME_ARG := $(if $(filter 1 yes true,$(RESUME)),--ckpt_path last,)
 # cpu runs use the method family's reduced CPU schedule unless SCHEDULE=paper; gpu runs use the
 # paper's (experiments/schedule/*.yaml say what each one keeps and what it cuts)
 CPU_SCHEDULE := $(strip $(if $(filter dmmn_%,$(EXP)),cpu_budget,\
@@ -22,7 +25,7 @@ SCHEDULE_CFG := $(if $(filter-out paper,$(SCHEDULE)),--config experiments/schedu
 .PHONY: help install test test-full data train compare bench lint clean
 
 help: ## list the targets
-	@echo "usage: make TARGET [EXP=dmmn_m3] [DATA=...] [TRAINER=cpu|gpu|ddp_cpu] [ARGS=...]"
+	@echo "usage: make TARGET [EXP=dmmn_m3] [DATA=...] [TRAINER=cpu|gpu|ddp_cpu] [RESUME=1] [ARGS=...]"
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create .venv and install wsiseg + dev tools (quick when nothing changed)
@@ -42,11 +45,11 @@ test-full: install ## all tests, including slow DDP/training runs
 data: install ## generate the synthetic benchmark slides (reused when present)
 	$(VENV)/bin/wsiseg synth --out $(DATA_DIR)
 
-train: install ## fit + test EXP (default dmmn_m3) on DATA (default: synthetic); TRAINER, SCHEDULE, ARGS
+train: install ## fit + test EXP (default dmmn_m3) on DATA (default: synthetic); TRAINER, SCHEDULE, ARGS, RESUME=1
 	@test -f experiments/$(EXP).yaml || { echo "no experiment experiments/$(EXP).yaml; choose one of:"; ls experiments/*.yaml | xargs -n1 basename | sed 's/.yaml$$//;s/^/  /'; exit 2; }
 	@if [ -z "$(DATA)" ]; then $(MAKE) --no-print-directory data; fi
 	$(VENV)/bin/wsiseg train --config experiments/$(EXP).yaml $(DATA_CFG) \
-	  --config experiments/trainer/$(TRAINER).yaml $(SCHEDULE_CFG) $(ARGS)
+	  --config experiments/trainer/$(TRAINER).yaml $(SCHEDULE_CFG) $(RESUME_ARG) $(ARGS)
 
 RUNS ?= runs
 compare: install ## table + bar plot of finished runs under RUNS (default: runs/) -> comparison.*

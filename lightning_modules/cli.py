@@ -92,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"wsiseg {command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as err:  # Lightning stops on SIGTERM with an exit(None), i.e. status 0
+        if command not in LIGHTNING_COMMANDS or type(err).__name__ != "SIGTERMException":
+            raise
+        print(
+            f"wsiseg {command}: stopped by SIGTERM; continue the run with --ckpt_path last",
+            file=sys.stderr,
+        )
+        return 143
     except Exception as err:  # an unexpected failure: still one line unless --debug
         cause = _input_error_cause(err)
         if cause is not None:  # e.g. raised in a model's __init__, wrapped by jsonargparse

@@ -48,8 +48,11 @@ def describe_run(model, datamodule, experiment: str) -> tuple[str, list[str]]:
     return family, tags
 
 
-def make_wandb_logger(options: WandbOptions, model, datamodule, experiment: str, save_dir: str):
-    """A WandbLogger for this run; prints where an offline run is and how to sync it."""
+def make_wandb_logger(
+    options: WandbOptions, model, datamodule, experiment: str, save_dir: str, run_id=None
+):
+    """A WandbLogger for this run; prints where an offline run is and how to sync it.
+    `run_id`: the run's wandb id (a resumed run passes its first id: wandb continues that run)."""
     from pytorch_lightning.loggers import WandbLogger
 
     offline = (not has_api_key()) if options.offline is None else options.offline
@@ -64,6 +67,8 @@ def make_wandb_logger(options: WandbOptions, model, datamodule, experiment: str,
         save_dir=save_dir,
         offline=offline,
         log_model=options.log_model,
+        id=run_id,
+        resume="allow" if run_id else None,
     )
     if offline:
         print(

@@ -1,0 +1,107 @@
+"""`ResumeCheckpoint`: a resumable checkpoint in mid-epoch, and one when stopped by SIGTERM.
+
+The experiments' monitored `ModelCheckpoint` saves (best val mIoU + ``last.ckpt``) only after
+validation, so a job killed mid-epoch would lose the whole epoch. This one writes
+``last-step.ckpt`` (the full trainer state: weights, every optimizer and LR scheduler, loop
+counters, the other callbacks' state) every ``every_n_batches`` training batches and/or every
+``every_minutes``, and once more when Lightning stops on SIGTERM (it finishes the running batch
+first). ``--ckpt_path last`` picks the newest of ``last.ckpt`` and ``last-step.ckpt``.
+
+Batches, not Lightning's global step: under manual optimisation (RAZN, three optimizers) the
+global step counts optimizer steps, 0 to 3 per batch, and ``global_step % n`` would skip saves.
+Other exceptions (a NaN loss, a crash) do not save: the last checkpoint stays the last good one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from weakref import proxy
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from datamodules.errors import InputError
+
+
+class ResumeCheckpoint(ModelCheckpoint):
+    """``last-step.ckpt`` every ``every_n_batches`` training batches (None: off), every
+    ``every_minutes`` of training (None: off) and on SIGTERM; ``dirpath`` as in
+    `ModelCheckpoint` (default: the run's ``checkpoints/``)."""
+
+    CHECKPOINT_NAME_LAST = "last-step"
+
+    def __init__(
+        self,
+        every_n_batches: int | None = None,
+        every_minutes: float | None = 10.0,
+        dirpath: str | None = None,
+    ) -> None:
+        if every_n_batches is not None and int(every_n_batches) < 1:
+            raise InputError(None, f"every_n_batches must be >= 1 or null, got {every_n_batches}")
+        if every_minutes is not None and not float(every_minutes) > 0:
+            raise InputError(None, f"every_minutes must be > 0 or null, got {every_minutes}")
+        super().__init__(
+            dirpath=dirpath,
+            monitor=None,
+            save_top_k=0,
+            save_last=True,
+            every_n_epochs=0,
+            enable_version_counter=False,
+        )
+        self.every_n_batches = None if every_n_batches is None else int(every_n_batches)
+        self.every_seconds = None if every_minutes is None else 60.0 * float(every_minutes)
+        self._last_save_time = time.monotonic()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            every_n_batches=self.every_n_batches, every_seconds=self.every_seconds
+        )
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_save_time = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        batches = trainer.fit_loop.total_batch_idx + 1
+        due = self.every_n_batches is not None and batches % self.every_n_batches == 0
+        if self.every_seconds is not None:  # rank 0's clock decides, or ranks could disagree
+            late = time.monotonic() - self._last_save_time >= self.every_seconds
+            due = bool(trainer.strategy.broadcast(due or late))
+        if due:
+            self._save_resume_point(trainer)
+
+    # Epoch ends and the end of training are the monitored checkpoint's (last.ckpt): no copy here.
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        pass
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        pass
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and not self._should_skip_saving_checkpoint(
+            trainer
+        ):
+            self._save_resume_point(trainer)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """Write ``<name>.partial``, then rename: a kill during the write leaves the previous
+        checkpoint intact (Lightning's own save copies across file systems, not atomically)."""
+        partial = f"{filepath}.partial"
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def _save_resume_point(self, trainer) -> None:
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_save_time = time.monotonic()

@@ -1,0 +1,295 @@
+"""Resume: `--ckpt_path last` continues a killed run in its own run folder.
+
+Slow tests kill a real `wsiseg fit` mid-epoch (SIGTERM: DMMN, automatic optimisation; SIGKILL:
+RAZN, manual optimisation with three Adams and three StepLRs) as soon as its first step
+checkpoint exists, resume it, and check: the global step continues from the checkpoint's, the
+optimizer and scheduler state the resumed run starts with is the checkpoint's, the run folder,
+config.yaml and metrics.csv are the same ones, and the run ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from datamodules.errors import InputError
+from lightning_modules.callbacks.resume import ResumeCheckpoint
+from lightning_modules.cli import main
+from lightning_modules.lightning_cli import _pop_option
+from lightning_modules.resume import (
+    AppendingCSVLogger,
+    plan_resume,
+    point_logger_at,
+    wandb_run_id,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+BATCHES = 6  # per epoch: max_patches 12, batch 2
+EPOCHS = 2
+
+
+def state_digest(optimizer_states: list[dict], scheduler_states: list[dict]) -> dict:
+    """Optimizer state (sums of every state tensor, learning rates) and scheduler counters."""
+    sums = [
+        [float(t.double().sum()) for s in o["state"].values() for t in s.values() if t.dim()]
+        for o in optimizer_states
+    ]
+    lrs = [[g["lr"] for g in o["param_groups"]] for o in optimizer_states]
+    return {"sums": sums, "lrs": lrs, "schedulers": [s.get("last_epoch") for s in scheduler_states]}
+
+
+class Probe(pl.Callback):
+    """Writes ``start_<n>.json`` into `folder` when training starts (after a checkpoint was
+    restored): global step, batches done, run folder and the optimizer/scheduler digest."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        optimizers = [o.state_dict() for o in trainer.optimizers]
+        schedulers = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
+        record = {
+            "global_step": trainer.global_step,
+            "batches": trainer.fit_loop.total_batch_idx + 1,
+            "log_dir": trainer.log_dir,
+            "digest": state_digest(optimizers, schedulers),
+        }
+        n = len(list(self.folder.glob("start_*.json")))
+        (self.folder / f"start_{n}.json").write_text(json.dumps(record))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        end = {"global_step": trainer.global_step, "batches": trainer.fit_loop.total_batch_idx + 1}
+        (self.folder / "end.json").write_text(json.dumps(end))
+
+
+def overlay(path: Path, probe: Path, monitor: str = "val/miou") -> Path:
+    """Epochs of 6 batches, a step checkpoint every 2 batches, the probe."""
+    path.write_text(
+        f"""
+data:
+  init_args: {{max_patches: [12, 2, 2], balance_deform: false}}
+trainer:
+  max_epochs: {EPOCHS}
+  log_every_n_steps: 1
+  num_sanity_val_steps: 0
+  limit_test_batches: 1
+  callbacks:
+    - class_path: pytorch_lightning.callbacks.ModelCheckpoint
+      init_args: {{monitor: {monitor}, mode: max, save_last: true}}
+    - class_path: lightning_modules.callbacks.resume.ResumeCheckpoint
+      init_args: {{every_n_batches: 2, every_minutes: null}}
+    - class_path: tests.test_resume.Probe
+      init_args: {{folder: {probe}}}
+"""
+    )
+    return path
+
+
+def wsiseg_args(command, exp, tiny, data, out, extra) -> list[str]:
+    configs = [EXPERIMENTS / f"{exp}.yaml", EXPERIMENTS / "trainer" / "cpu.yaml", tiny, extra]
+    return [
+        command,
+        *[a for c in configs for a in ("--config", str(c))],
+        "--data.init_args.root", str(data),
+        "--trainer.default_root_dir", str(out),
+        "--trainer.logger.init_args.save_dir", str(out),
+    ]  # fmt: skip
+
+
+def run_wsiseg(argv, cwd, kill=None, watch=None, timeout=300):
+    """`wsiseg ARGV` in a fresh process; with `kill`, send that signal once `watch` exists."""
+    script = Path(sys.executable).with_name("wsiseg")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lightning_modules.cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    if kill is not None:
+        deadline = time.monotonic() + timeout
+        while not watch.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(kill)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def kill_and_resume(tmp_path, data, exp, tiny, sig, resume_command, monitor="val/miou"):
+    """Kill a fit with `sig` at its first step checkpoint, resume; (ckpt, starts, end, run, log)."""
+    out, probe = tmp_path / "out", tmp_path / "probe"
+    extra = overlay(tmp_path / "overlay.yaml", probe, monitor)
+    run = out / exp / "version_0"
+    step_ckpt = run / "checkpoints" / "last-step.ckpt"
+    argv = wsiseg_args("fit", exp, tiny, data, out, extra)
+    rc, _, err = run_wsiseg(argv, tmp_path, kill=sig, watch=step_ckpt)
+    assert rc == (143 if sig == signal.SIGTERM else -signal.SIGKILL), err[-3000:]
+    if sig == signal.SIGTERM:
+        assert "stopped by SIGTERM" in err and "Traceback" not in err
+    ckpt = torch.load(step_ckpt, map_location="cpu", weights_only=False)
+    assert 0 < ckpt["global_step"] and not (probe / "end.json").exists()  # killed mid-run
+    argv = [*wsiseg_args(resume_command, exp, tiny, data, out, extra), "--ckpt_path", "last"]
+    rc, stdout, err = run_wsiseg(argv, tmp_path)
+    assert rc == 0, err[-3000:]
+    assert f"resuming from {step_ckpt}" in stdout
+    starts = [json.loads((probe / f"start_{i}.json").read_text()) for i in range(2)]
+    end = json.loads((probe / "end.json").read_text())
+    return ckpt, starts, end, run
+
+
+def assert_continued(ckpt, starts, end, run, out):
+    first, resumed = starts
+    assert first["global_step"] == 0 and first["batches"] == 0
+    assert resumed["global_step"] == ckpt["global_step"] > 0  # continued, not restarted
+    done = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+    assert resumed["batches"] in (done, done + 1)  # + the batch whose end saved it
+    digest = state_digest(ckpt["optimizer_states"], ckpt["lr_schedulers"])
+    assert resumed["digest"] == digest and any(digest["sums"])  # the checkpoint's state
+    assert end["batches"] == EPOCHS * BATCHES  # ends where an uninterrupted run ends
+    assert Path(resumed["log_dir"]) == Path(first["log_dir"]) == run
+    assert sorted(p.name for p in out.iterdir()) == ["version_0"]  # no second run folder
+    assert (run / "config.yaml").is_file()  # rewritten by the resumed run, not refused
+    rows = metrics_rows(run)
+    keys = [(r["epoch"], r["step"], frozenset(k for k, v in r.items() if v)) for r in rows]
+    assert len(keys) == len(set(keys))  # the rows re-logged after the checkpoint replaced
+    steps = sorted({int(r["step"]) for r in rows if r.get("train/loss")})
+    assert steps == list(range(EPOCHS * BATCHES))  # both processes' rows, one metrics.csv
+
+
+@pytest.mark.slow
+def test_dmmn_sigterm_then_train_resumes(synthetic_root, tmp_path):
+    """Automatic optimisation: SIGTERM stops `wsiseg fit` after the running batch (checkpoint
+    saved, exit 143); `wsiseg train --ckpt_path last` finishes the fit, tests, reports."""
+    tiny = ROOT / "tests" / "conf" / "tiny.yaml"
+    ckpt, starts, end, run = kill_and_resume(
+        tmp_path, synthetic_root, "dmmn_s2", tiny, signal.SIGTERM, "train"
+    )
+    assert_continued(ckpt, starts, end, run, tmp_path / "out" / "dmmn_s2")
+    assert len(ckpt["optimizer_states"]) == 1 and ckpt["optimizer_states"][0]["state"]
+    assert (run / "results.json").is_file()  # the report of the resumed run, same folder
+    assert json.loads((run / "results.json").read_text())["best_checkpoint"].startswith(str(run))
+
+
+@pytest.mark.slow
+def test_razn_sigkill_then_fit_resumes(synthetic_root, tmp_path):
+    """Manual optimisation: SIGKILL (no chance to save); `wsiseg fit --ckpt_path last` resumes
+    from the last step checkpoint with RAZN's three Adams and three StepLRs restored."""
+    tiny = ROOT / "tests" / "conf" / "razn_tiny.yaml"
+    ckpt, starts, end, run = kill_and_resume(
+        tmp_path, synthetic_root, "razn", tiny, signal.SIGKILL, "fit"
+    )
+    assert_continued(ckpt, starts, end, run, tmp_path / "out" / "razn")
+    assert len(ckpt["optimizer_states"]) == len(ckpt["lr_schedulers"]) == 3
+    done = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"]
+    assert {s["last_epoch"] for s in ckpt["lr_schedulers"]} == {done}  # one step per batch
+
+
+# ----------------------------------------------------------------------------- fast checks
+def test_resume_without_kill_reuses_run_folder(synthetic_root, tmp_path, monkeypatch):
+    """In-process: fit 1 epoch, then `--ckpt_path last --trainer.max_epochs 2` continues in
+    version_0 (config.yaml rewritten, metrics.csv appended), global step 2 -> 4."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.chdir(tmp_path)
+    out, probe = tmp_path / "out", tmp_path / "probe"
+    extra = overlay(tmp_path / "overlay.yaml", probe)
+    extra.write_text(extra.read_text().replace("[12, 2, 2]", "[4, 2, 2]"))
+    argv = wsiseg_args("fit", "dmmn_s2", ROOT / "tests/conf/tiny.yaml", synthetic_root, out, extra)
+    assert main([*argv, "--trainer.max_epochs", "1", "--ckpt_path", "last"]) == 0  # nothing yet
+    assert main([*argv, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
+    starts = [json.loads((probe / f"start_{i}.json").read_text()) for i in range(2)]
+    assert [s["global_step"] for s in starts] == [0, 2]
+    assert json.loads((probe / "end.json").read_text())["global_step"] == 4
+    run = out / "dmmn_s2" / "version_0"
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+    epochs = {r["epoch"] for r in metrics_rows(run) if r.get("train/loss")}
+    assert epochs == {"0", "1"}
+
+
+def _touch_ckpt(path: Path, mtime: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_plan_resume_finds_the_newest_last_checkpoint(tmp_path):
+    trainer = {"logger": {"class_path": "x.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}}
+    trainer["logger"]["init_args"]["name"] = "exp"
+    assert plan_resume("last", trainer).ckpt_path is None  # nothing yet: a new run
+    _touch_ckpt(tmp_path / "exp/version_0/checkpoints/last.ckpt", 1000)
+    newest = _touch_ckpt(tmp_path / "exp/version_1/checkpoints/last-step.ckpt", 3000)
+    _touch_ckpt(tmp_path / "exp/version_1/checkpoints/last.ckpt", 2000)
+    _touch_ckpt(tmp_path / "exp/version_1/checkpoints/epoch000-miou0.5.ckpt", 4000)
+    plan = plan_resume("last", trainer)
+    assert plan.ckpt_path == str(newest) and plan.run_dir == newest.parent.parent
+    older = tmp_path / "exp/version_0/checkpoints/last.ckpt"
+    assert plan_resume(str(older), trainer).run_dir == older.parent.parent.resolve()
+    foreign = _touch_ckpt(tmp_path / "elsewhere" / "model.ckpt", 1000)
+    assert plan_resume(str(foreign), trainer).run_dir is None  # resumes into a new folder
+    with pytest.raises(InputError, match="checkpoint not found"):
+        plan_resume(str(tmp_path / "missing.ckpt"), trainer)
+
+
+def test_point_logger_at_reuses_the_version_and_appends():
+    trainer = {
+        "logger": {
+            "class_path": "pytorch_lightning.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs", "name": "exp", "version": None},
+        }
+    }
+    point_logger_at(trainer, Path("runs/exp/version_3"))
+    assert trainer["logger"]["init_args"]["version"] == "version_3"
+    assert trainer["logger"]["class_path"] == "lightning_modules.resume.AppendingCSVLogger"
+
+
+def test_appending_logger_keeps_rows_and_replaces_relogged_ones(tmp_path):
+    first = AppendingCSVLogger(tmp_path, name="exp", version="version_0")
+    for step in range(4):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    first.save()
+    resumed = AppendingCSVLogger(tmp_path, name="exp", version="version_0")
+    resumed.log_metrics({"train/loss": 20.0}, step=2)  # re-logged after a checkpoint at step 2
+    resumed.log_metrics({"train/loss": 30.0, "val/miou": 0.5}, step=3)
+    resumed.save()
+    rows = metrics_rows(tmp_path / "exp" / "version_0")
+    got = [(r["step"], r["train/loss"], r["val/miou"]) for r in rows]
+    assert got == [("0", "0.0", ""), ("1", "1.0", ""), ("3", "3.0", ""), ("2", "20.0", "")] + [
+        ("3", "30.0", "0.5")
+    ]
+
+
+def test_pop_option():
+    assert _pop_option(["--a", "1", "--ckpt_path", "last", "--b"], "--ckpt_path") == (
+        ["--a", "1", "--b"],
+        "last",
+    )
+    assert _pop_option(["--ckpt_path=x.ckpt"], "--ckpt_path") == ([], "x.ckpt")
+    assert _pop_option(["--x"], "--ckpt_path") == (["--x"], None)
+
+
+@pytest.mark.parametrize("kwargs", [{"every_n_batches": 0}, {"every_minutes": -1}])
+def test_resume_checkpoint_rejects_bad_intervals(kwargs):
+    with pytest.raises(InputError):
+        ResumeCheckpoint(**kwargs)
+
+
+def test_wandb_run_id_is_remembered_per_run_folder(tmp_path):
+    first = wandb_run_id(tmp_path / "version_0", resuming=False)
+    assert wandb_run_id(tmp_path / "version_0", resuming=True) == first  # wandb resumes it
+    assert wandb_run_id(tmp_path / "version_0", resuming=False) != first  # a new run, new id

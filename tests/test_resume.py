@@ -293,3 +293,33 @@ def test_wandb_run_id_is_remembered_per_run_folder(tmp_path):
     first = wandb_run_id(tmp_path / "version_0", resuming=False)
     assert wandb_run_id(tmp_path / "version_0", resuming=True) == first  # wandb resumes it
     assert wandb_run_id(tmp_path / "version_0", resuming=False) != first  # a new run, new id
+
+
+def test_resume_checkpoint_saves_on_batch_and_time_intervals(monkeypatch):
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    def fake_trainer(batches: int):
+        fit_loop = SimpleNamespace(total_batch_idx=batches - 1)
+        strategy = SimpleNamespace(broadcast=lambda value: value)
+        state = SimpleNamespace(fn=TrainerFn.FITTING)
+        return SimpleNamespace(
+            fit_loop=fit_loop, strategy=strategy, state=state, fast_dev_run=False,
+            sanity_checking=False, global_step=batches,
+        )  # fmt: skip
+
+    def saves(cb, batches) -> list[int]:
+        saved = []
+        monkeypatch.setattr(cb, "_monitor_candidates", lambda t: {})
+        monkeypatch.setattr(cb, "_save_last_checkpoint", lambda t, m: saved.append(t.global_step))
+        for n in batches:
+            cb.on_train_batch_end(fake_trainer(n), None, None, None, n - 1)
+        return saved
+
+    assert saves(ResumeCheckpoint(every_n_batches=3, every_minutes=None), range(1, 8)) == [3, 6]
+    timed = ResumeCheckpoint(every_n_batches=None, every_minutes=1)
+    clock = iter([0.0, 10.0, 70.0, 70.0, 80.0, 200.0, 200.0])  # start, per batch, per save
+    monkeypatch.setattr("lightning_modules.callbacks.resume.time.monotonic", lambda: next(clock))
+    timed.on_train_start(None, None)
+    assert saves(timed, range(1, 5)) == [2, 4]  # 70 s and 200 s after the start

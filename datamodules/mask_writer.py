@@ -176,7 +176,10 @@ class MaskTiffWriter:
         if self._spool is not None:
             d = SPOOL_DOWNSAMPLE
             _, rows = sample_rows(strip, y0, d, self.width // d, self.height // d, self.height)
-            self._spool.append(rows)
+            try:
+                self._spool.append(rows)
+            except OSError as err:  # e.g. disk full: say which mask could not be written
+                raise RuntimeError(f"writing {self.path} failed: {err}") from err
         self._put(np.ascontiguousarray(strip))
 
     def _put(self, item) -> None:

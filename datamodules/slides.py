@@ -284,7 +284,9 @@ def _open_tiff(path: Path):
 
     with _tifffile_log(path):
         try:
-            return tiffslide.TiffSlide(path)
+            handle = tiffslide.TiffSlide(path)
+            _ = handle.ts_tifffile.series  # parsed lazily: here, so a cut-off pyramid is refused
+            return handle
         except Exception as err:
             raise InputError(path, f"cannot open as a slide: {err}") from err
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from datamodules.errors import InputError
+from lightning_modules.divergence import FiniteGuard
 from lightning_modules.metrics import ConfusionMatrix, scores
 from lightning_modules.overlays import default_colors, overlay_panel, save_png
 
@@ -31,7 +32,7 @@ unit-variance for H&E without per-data-set statistics, and the same for every me
 NORM_STD = 0.25
 
 
-class SegmentationTask(pl.LightningModule):
+class SegmentationTask(FiniteGuard, pl.LightningModule):
     """Shared task. Batches are dicts: ``image`` uint8 ``(B, 3, H, W)`` or ``(B, V, 3, H, W)``
     (view 0 is the target view), ``label`` int64 ``(B, H, W)`` with ``ignore_index`` for
     unlabeled pixels, optional ``meta``.

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         if debug:
             traceback.print_exc()
-        print(f"wsiseg {command}: error: {err}", file=sys.stderr)
+        print(f"wsiseg {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"wsiseg {command}: interrupted", file=sys.stderr)
@@ -105,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         if cause is not None:  # e.g. raised in a model's __init__, wrapped by jsonargparse
             if debug:
                 traceback.print_exc()
-            print(f"wsiseg {command}: error: {cause}", file=sys.stderr)
+            print(f"wsiseg {command}: error: {_one_line(cause)}", file=sys.stderr)
             return 2
         if debug:
             traceback.print_exc()
         where = "" if debug else " (run with --debug for the traceback)"
-        print(f"wsiseg {command}: failed: {type(err).__name__}: {err}{where}", file=sys.stderr)
+        print(f"wsiseg {command}: failed: {_describe(err)}{where}", file=sys.stderr)
         return 1
 
 
@@ -124,6 +124,34 @@ def _input_error_cause(err: BaseException) -> InputError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def _one_line(err: BaseException) -> str:
+    """A message as one line (tiffslide, jsonargparse and others put line breaks in theirs)."""
+    return "; ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: message`` in one line. An exception a DataLoader worker raised comes back as its
+    type with the worker's whole traceback as message: that becomes the original last line."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 2 and lines[1].startswith("Original Traceback"):
+        where = lines[0].removeprefix(f"Caught {type(err).__name__} ").rstrip(".")
+        return f"{lines[-1]} ({where})"
+    text = f"{type(err).__name__}: {_one_line(err)}".rstrip(": ")
+    if isinstance(err, EOFError | ConnectionError) and _raised_in_dataloader(err):
+        text = f"a DataLoader worker died while handing over a batch ({text})"
+    died = "killed by signal" in text or "exited unexpectedly" in text or "died" in text
+    if "DataLoader worker" in text and died:
+        text += " (out of memory? try fewer --data.init_args.num_workers or a smaller batch)"
+    return text
+
+
+def _raised_in_dataloader(err: BaseException) -> bool:
+    """Whether `err` came out of a DataLoader's iterator (a worker killed mid-transfer shows up
+    as a bare EOFError or ConnectionResetError there)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return any(f.filename.replace("\\", "/").endswith("utils/data/dataloader.py") for f in frames)
 
 
 def entry() -> None:

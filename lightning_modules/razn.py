@@ -218,7 +218,8 @@ class RAZN(SegmentationTask):
         for k in range(L):
             p = torch.sigmoid(self.policies[k](self.normalize(images[k])).float())
             pt = bounded(p, hp.alpha).clamp(1e-6, 1 - 1e-6)
-            a = torch.bernoulli(pt.detach())
+            # a NaN policy (diverged weights) must reach the loss, whose check stops the run
+            a = torch.bernoulli(pt.detach().nan_to_num(0.5))
             probs.append(p)
             actions.append(a)
             logpi.append(a * pt.log() + (1 - a) * (1 - pt).log())

@@ -102,7 +102,9 @@ def main(argv: list[str]) -> int:
     return run(args, slides, trained, out)
 
 
-def run(args, slides, trained, out: Path) -> int:
+def run(args, slides, trained, out: Path, **trainer_options) -> int:
+    """Segment `slides` with `trained` (a `TrainedMethod`); `trainer_options` go to the Trainer
+    (e.g. ``limit_predict_batches`` or extra ``callbacks`` for benchmarks)."""
     import pytorch_lightning as pl
 
     from lightning_modules.inference import WholeSlideData
@@ -146,8 +148,9 @@ def run(args, slides, trained, out: Path) -> int:
         enable_progress_bar=False,
         enable_model_summary=False,
         use_distributed_sampler=False,
-        callbacks=[writer],
+        callbacks=[writer, *trainer_options.pop("callbacks", ())],
         default_root_dir=str(out),
+        **trainer_options,
     )
     trainer.predict(model, datamodule=data, return_predictions=False)
     writer.finish(trainer, model)  # slides the predict loop never saw (no tissue on a rank)

@@ -10,6 +10,7 @@ config.yaml and metrics.csv are the same ones, and the run ends where an uninter
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -40,13 +41,19 @@ EPOCHS = 2
 
 
 def state_digest(optimizer_states: list[dict], scheduler_states: list[dict]) -> dict:
-    """Optimizer state (sums of every state tensor, learning rates) and scheduler counters."""
-    sums = [
-        [float(t.double().sum()) for s in o["state"].values() for t in s.values() if t.dim()]
+    """Optimizer state (a hash of every state tensor's bytes, learning rates) and scheduler
+    counters: equal only if the state is bit for bit the same."""
+
+    def digest(t: torch.Tensor) -> str:
+        return hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+    tensors = [
+        [digest(t) for s in o["state"].values() for t in s.values() if t.dim()]
         for o in optimizer_states
     ]
     lrs = [[g["lr"] for g in o["param_groups"]] for o in optimizer_states]
-    return {"sums": sums, "lrs": lrs, "schedulers": [s.get("last_epoch") for s in scheduler_states]}
+    schedulers = [s.get("last_epoch") for s in scheduler_states]
+    return {"tensors": tensors, "lrs": lrs, "schedulers": schedulers}
 
 
 class Probe(pl.Callback):
@@ -160,7 +167,7 @@ def assert_continued(ckpt, starts, end, run, out):
     done = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
     assert resumed["batches"] in (done, done + 1)  # + the batch whose end saved it
     digest = state_digest(ckpt["optimizer_states"], ckpt["lr_schedulers"])
-    assert resumed["digest"] == digest and any(digest["sums"])  # the checkpoint's state
+    assert resumed["digest"] == digest and any(digest["tensors"])  # the checkpoint's state
     assert end["batches"] == EPOCHS * BATCHES  # ends where an uninterrupted run ends
     assert Path(resumed["log_dir"]) == Path(first["log_dir"]) == run
     assert sorted(p.name for p in out.iterdir()) == ["version_0"]  # no second run folder

@@ -41,3 +41,18 @@ def real_data() -> Path:
     if not REAL.is_dir():
         pytest.skip("../shared/data/real not present")
     return REAL
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    """The run folder; the test runs in an empty working directory that must stay empty.
+
+    The experiments say ``runs`` (relative): had an override not taken, output would land in
+    the working directory. No cached ImageNet files either (TORCH_HOME is empty).
+    """
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    yield tmp_path / "out"
+    assert sorted(p.name for p in cwd.iterdir()) == []

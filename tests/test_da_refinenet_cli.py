@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from lightning_modules.cli import main
+from tests.cli_args import experiment_args
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
-TINY = ROOT / "tests" / "conf" / "tiny_refinenet.yaml"
 REFINENETS = [
     "da_refinenet_r50_attention",
     "da_refinenet_r50_add",
@@ -34,35 +34,12 @@ REFINENETS = [
 SHRINK = ["--model.init_args.width", "0.125", "--model.init_args.rcu_blocks", "1"]
 
 
-def args(
-    command: str,
-    exp: str,
-    data: Path,
-    out: Path,
-    trainer: str = "cpu",
-    overlays: tuple[Path, ...] = (),
-) -> list[str]:
-    """As `make train`: experiment, trainer overlay, more overlays, tiny overlay, then paths."""
-    configs = [EXPERIMENTS / f"{exp}.yaml", EXPERIMENTS / "trainer" / f"{trainer}.yaml"]
-    configs += [*overlays, TINY]
-    return [
-        command,
-        *[a for path in configs for a in ("--config", str(path))],
-        *(SHRINK if exp in REFINENETS else []),
-        "--data.init_args.root", str(data),
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out),
-    ]  # fmt: skip
-
-
-@pytest.fixture
-def out(tmp_path, monkeypatch):
-    """The run folder; the test runs in an empty working directory that must stay empty."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    yield tmp_path / "out"
-    assert sorted(p.name for p in cwd.iterdir()) == []
+def args(command, exp, data, out, trainer="cpu", overlays=()):
+    shrink = SHRINK if exp in REFINENETS else []
+    return experiment_args(
+        command, exp, data, out, tiny="tiny_refinenet.yaml", trainer=trainer,
+        overlays=overlays, extra=tuple(shrink),
+    )  # fmt: skip
 
 
 #: the same code paths as ResNet-50 with deeper slice encoders: slow on 2 shared cores

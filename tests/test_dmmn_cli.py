@@ -17,42 +17,17 @@ from pathlib import Path
 import pytest
 
 from lightning_modules.cli import main
+from tests.cli_args import experiment_args
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
-TINY = ROOT / "tests" / "conf" / "tiny.yaml"
 ARCHS = ["s2", "ms", "m2s", "m3"]
 
 
-def args(
-    command: str, arch: str, data: Path, out: Path, trainer: str = "cpu", schedule: str = ""
-) -> list[str]:
-    """As `make train`: experiment, trainer overlay, optional schedule overlay, then tiny.yaml."""
-    overlays = [EXPERIMENTS / f"dmmn_{arch}.yaml", EXPERIMENTS / "trainer" / f"{trainer}.yaml"]
-    if schedule:
-        overlays.append(EXPERIMENTS / "schedule" / f"{schedule}.yaml")
-    return [
-        command,
-        *[a for path in [*overlays, TINY] for a in ("--config", str(path))],
-        "--data.init_args.root", str(data),
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out),
-    ]  # fmt: skip
-
-
-@pytest.fixture
-def out(tmp_path, monkeypatch):
-    """The run folder; the test runs in an empty working directory that must stay empty.
-
-    The experiments say ``runs`` (relative): had an override not taken, output would land in
-    the working directory. (Comparing the repo's runs/ before and after is racy: a real
-    training job may be writing there.)
-    """
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    yield tmp_path / "out"
-    assert sorted(p.name for p in cwd.iterdir()) == []
+def args(command, arch, data, out, trainer="cpu", schedule=""):
+    overlays = (f"schedule/{schedule}.yaml",) if schedule else ()
+    return experiment_args(
+        command, f"dmmn_{arch}", data, out, tiny="tiny.yaml", trainer=trainer, overlays=overlays
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -16,34 +16,16 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_modules.cli import main
+from tests.cli_args import experiment_args
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
-TINY = ROOT / "tests" / "conf" / "razn_tiny.yaml"
 EXPS = ["razn", "razn_m2", "razn_scale1", "razn_scale2", "razn_ms", "razn_attention"]
 
 
-def args(command, exp, data, out, trainer="cpu", overlays=()) -> list[str]:
-    """As `make train`: experiment, trainer overlay, extra overlays, then razn_tiny.yaml."""
-    paths = [EXPERIMENTS / f"{exp}.yaml", EXPERIMENTS / "trainer" / f"{trainer}.yaml"]
-    paths += [EXPERIMENTS / o for o in overlays] + [TINY]
-    return [
-        command,
-        *[a for path in paths for a in ("--config", str(path))],
-        "--data.init_args.root", str(data),
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out),
-    ]  # fmt: skip
-
-
-@pytest.fixture
-def out(tmp_path, monkeypatch):
-    """The run folder; the test runs in an empty working directory that must stay empty."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    yield tmp_path / "out"
-    assert sorted(p.name for p in cwd.iterdir()) == []
+def args(command, exp, data, out, trainer="cpu", overlays=()):
+    return experiment_args(
+        command, exp, data, out, tiny="razn_tiny.yaml", trainer=trainer, overlays=overlays
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,9 @@ from datamodules.errors import InputError
 from datamodules.synthetic import ensure_dataset
 from lightning_modules.cli import main
 from lightning_modules.smp_baselines import BinaryAsTwoClass, SMPSegmenter
+from tests.cli_args import experiment_args
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
-TINY = ROOT / "tests" / "conf" / "smp_tiny.yaml"
 EXPS = ["smp_unet_vgg16", "smp_unet_r34", "smp_fpn_r34"]
 TINY_TIGER = {"n_slides": 3, "size": 1024, "seed": 0, "splits": (1, 1, 1), "layout": "tiger"}
 
@@ -29,28 +28,9 @@ def data(tmp_path_factory) -> Path:
     return out
 
 
-def args(command: str, exp: str, data: Path, out: Path, schedule: str = "") -> list[str]:
-    overlays = [EXPERIMENTS / f"{exp}.yaml", EXPERIMENTS / "trainer" / "cpu.yaml"]
-    if schedule:
-        overlays.append(EXPERIMENTS / "schedule" / f"{schedule}.yaml")
-    return [
-        command,
-        *[a for path in [*overlays, TINY] for a in ("--config", str(path))],
-        "--data.init_args.root", str(data),
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out),
-    ]  # fmt: skip
-
-
-@pytest.fixture
-def out(tmp_path, monkeypatch):
-    """Run folder; the working directory must stay empty (nothing written under ./runs)."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached ImageNet files
-    yield tmp_path / "out"
-    assert sorted(p.name for p in cwd.iterdir()) == []
+def args(command, exp, data, out, schedule=""):
+    overlays = (f"schedule/{schedule}.yaml",) if schedule else ()
+    return experiment_args(command, exp, data, out, tiny="smp_tiny.yaml", overlays=overlays)
 
 
 @pytest.mark.parametrize("exp", EXPS)

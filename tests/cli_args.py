@@ -1,0 +1,37 @@
+"""Command lines for the CLI tests, built as `make train` builds them.
+
+Experiment YAML, trainer overlay, further overlays, the test's tiny overlay, then the paths that
+differ per test on the command line, so nothing is written under the repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+CONF = ROOT / "tests" / "conf"
+
+
+def experiment_args(
+    command: str,
+    exp: str,
+    data: Path,
+    out: Path,
+    *,
+    tiny: str,
+    trainer: str = "cpu",
+    overlays: tuple[str | Path, ...] = (),
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """`overlays` are paths or names relative to experiments/ (e.g. "schedule/razn_cpu.yaml")."""
+    configs = [EXPERIMENTS / f"{exp}.yaml", EXPERIMENTS / "trainer" / f"{trainer}.yaml"]
+    configs += [EXPERIMENTS / o for o in overlays] + [CONF / tiny]
+    return [
+        command,
+        *[a for path in configs for a in ("--config", str(path))],
+        *extra,
+        "--data.init_args.root", str(data),
+        "--trainer.default_root_dir", str(out),
+        "--trainer.logger.init_args.save_dir", str(out),
+    ]  # fmt: skip

@@ -45,8 +45,12 @@ class KillWorker(pl.Callback):
 
 class PoisonLoss(pl.Callback):
     """From the second epoch on, normalisation divides by zero: inputs become ±inf and the loss
-    NaN, while the weights stay finite (what the first epoch saved must survive)."""
+    NaN, while the weights stay finite (what the first epoch saved must survive). With `rank`,
+    only that DDP rank's loss goes NaN: every rank must still stop, none may hang."""
+
+    def __init__(self, rank: int | None = None):
+        self.rank = rank
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch >= 1:
+        if trainer.current_epoch >= 1 and self.rank in (None, trainer.global_rank):
             pl_module.norm_std = 0.0

@@ -144,6 +144,26 @@ def test_nan_loss_keeps_last_good_checkpoint(exp, tiny, synthetic_root, tmp_path
     assert weights and all(torch.isfinite(v).all() for v in weights)
 
 
+@pytest.mark.slow
+def test_nan_on_one_ddp_rank_stops_all(synthetic_root, tmp_path):
+    """Only rank 1's loss goes NaN: both ranks stop at the same step (no rank left waiting in
+    an all-reduce) and the last good checkpoint stays."""
+    out = tmp_path / "out"
+    r = fit(
+        "dmmn_s2", "tiny.yaml", synthetic_root, out,
+        *("--config", EXPERIMENTS / "trainer/ddp_cpu.yaml", "--trainer.max_epochs", "2"),
+        *("--trainer.limit_train_batches", "2"),
+        *("--trainer.callbacks+=tests.fault_callbacks.PoisonLoss", "--trainer.callbacks.rank", "1"),
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("wsiseg fit: ")]
+    # rank 0 prints it; rank 1 too unless Lightning's launcher killed it first
+    assert 1 <= len(lines) <= 2 and all("TrainingDiverged" in x for x in lines), r.stderr[-3000:]
+    (last,) = out.rglob("last.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
+
+
 def test_nonfinite_weights_are_not_saved(tmp_path):
     """Weights that went NaN through a finite loss (an overflowing gradient) are not written
     over the last good checkpoint either."""

@@ -7,8 +7,6 @@ level-0 pixel coordinates, `x` = column, `y` = row, sizes as `(w, h)`, arrays as
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -18,6 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .tiff_checks import check_complete, tifffile_log
 from .tilecache import TiledLevel, TileStats, process_cache
 
 #: Level-0 resolutions outside this range are treated as metadata errors (e.g. a 96-DPI tag
@@ -244,45 +243,10 @@ def _is_plain_image(path: Path) -> bool:
     raise InputError(path, "not a slide: neither a TIFF/SVS nor a PNG/JPEG image")
 
 
-class _HeldLog(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextlib.contextmanager
-def _tifffile_log(path: Path):
-    """Hold tifffile's log while a file is opened: a refused file gets one line (ours), and an
-    unreadable page of the image series (truncated or corrupt IFDs, which tifffile only logs
-    before it hands back a shorter pyramid) is refused; an accepted file's messages pass on."""
-    log = logging.getLogger("tifffile")
-    held, propagate = _HeldLog(), log.propagate
-    log.addHandler(held)
-    log.propagate = False
-    try:
-        yield
-        for record in held.records:
-            message = record.getMessage()
-            if "series raised TiffFileError" in message:
-                problem = message.rpartition("raised ")[2]
-                raise InputError(path, f"file is truncated or corrupt ({problem})")
-    except BaseException:
-        held.records = []
-        raise
-    finally:
-        log.removeHandler(held)
-        log.propagate = propagate
-        for record in held.records:
-            log.handle(record)
-
-
 def _open_tiff(path: Path):
     import tiffslide
 
-    with _tifffile_log(path):
+    with tifffile_log(path):
         try:
             handle = tiffslide.TiffSlide(path)
             _ = handle.ts_tifffile.series  # parsed lazily: here, so a cut-off pyramid is refused
@@ -292,14 +256,14 @@ def _open_tiff(path: Path):
 
 
 def _tiff_meta(path: Path) -> dict:
-    with _tifffile_log(path):  # tiffslide reads the pyramid's pages lazily, here
+    with tifffile_log(path):  # tiffslide reads the pyramid's pages lazily, here
         return _read_tiff_meta(path)
 
 
 def _read_tiff_meta(path: Path) -> dict:
     handle = _open_tiff(path)
     try:
-        _check_complete(path, handle)
+        check_complete(path, handle)
         props = dict(handle.properties)
         mpp = props.get("tiffslide.mpp-x") or props.get("tiffslide.mpp-y")
         power = props.get("tiffslide.objective-power")
@@ -318,31 +282,6 @@ def _read_tiff_meta(path: Path) -> dict:
         raise InputError(path, f"cannot read slide metadata: {err}") from err
     finally:
         handle.close()
-
-
-def _check_complete(path: Path, handle) -> None:
-    """Refuse truncated and empty files up front: an image series with pixels, every pyramid
-    level's IFD and every tile inside the file, and no level whose tiles are all missing."""
-    size = path.stat().st_size
-    tif = handle.ts_tifffile
-    if not tif.pages or not tif.series:
-        raise InputError(path, "TIFF holds no image (no pages)")
-    for page in tif.pages:
-        if any(offset >= size for offset in page.subifds or ()):
-            raise InputError(path, f"file is truncated ({size} bytes; a pyramid level lies beyond)")
-    series = tif.series[0]
-    if 0 in series.shape[:2] or 0 in tuple(handle.dimensions):
-        raise InputError(path, f"TIFF image is {series.shape[1]}x{series.shape[0]} pixels: no data")
-    for level in series.levels:
-        for page in level.pages:
-            if page is None or not hasattr(page, "dataoffsets"):
-                continue
-            offsets, counts = page.dataoffsets, page.databytecounts
-            if not offsets or not any(counts):
-                raise InputError(path, "TIFF has no image data (no tiles or strips in a level)")
-            end = max(o + c for o, c in zip(offsets, counts, strict=False))
-            if end > size:
-                raise InputError(path, f"file is truncated ({size} bytes, image data needs {end})")
 
 
 def _open_image(path: Path) -> np.ndarray:

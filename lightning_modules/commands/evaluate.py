@@ -80,6 +80,7 @@ def main(argv: list[str]) -> int:
         args.pred, args.truth, class_map, args.mpp, args.eval_mpp, args.window, unseg
     )
     from lightning_modules.metrics import format_table, scores  # torch: only once inputs are good
+
     names = list(class_map.classes)
     if result.labelled == 0:
         raise InputError(args.truth, "no labelled pixel on the prediction's extent")

@@ -3,14 +3,19 @@
 For each slide size, a synthetic slide is generated (once) and segmented by `wsiseg segment` in a
 child process while this script samples, every 0.1 s, the resident memory of that process and
 all its descendants (the DataLoader workers) from /proc. Reported: peak RSS of the main process
-(the kernel's high-water mark) and of the whole process tree (sampled), time, tiles and tiles/s. If
-memory does not grow with area, the peaks stay flat while the slide grows 16-fold.
+(the kernel's high-water mark) and of the whole process tree (sampled: summed RSS, which counts
+pages the forked workers share with it once per process, and summed PSS, which splits them), time,
+tiles and tiles/s. If memory does not grow with area, the peaks stay flat while the slide grows
+16-fold.
 
     python -m benchmarks.segment_memory --ckpt RUN.ckpt --sizes 8192 32768 --work /tmp/segbench
+    python -m benchmarks.segment_memory --trivial --sizes 8192 16384 32768
 
 Without --ckpt a one-step DMMN-M3 (width 1/16, the test configuration) is trained first;
 ``--magnification 5 --arch s2`` trains DSMN-S2 at 5x instead: 16x fewer targets (and one U-Net)
-for the same full-resolution mask, so large slides take minutes on a CPU.
+for the same full-resolution mask, so large slides take minutes on a CPU. ``--trivial`` uses
+`benchmarks.bench_segment`'s 1x1-convolution model at DMMN's 20x geometry: every tile of the
+full-resolution grid, with no model compute, so the pipeline's own memory is what is measured.
 """
 
 from __future__ import annotations
@@ -46,30 +51,56 @@ def _status_kb(pid: int, key: str = "VmRSS") -> int:
     return 0
 
 
-def tree_rss_kb(pid: int) -> int:
-    todo, total = [pid], 0
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_kb(pid: int) -> tuple[int, int]:
+    """(summed RSS, summed PSS) in KiB of `pid` and all its descendants."""
+    todo, rss, pss = [pid], 0, 0
     while todo:
         p = todo.pop()
-        total += _status_kb(p)
+        rss += _status_kb(p)
+        pss += _pss_kb(p)
         todo += _children(p)
-    return total
+    return rss, pss
 
 
-def run_measured(cmd: list[str], env: dict) -> dict:
-    """Run `cmd`, sampling the process tree's RSS; return peaks (MiB) and wall time."""
+def run_measured(cmd: list[str], env: dict, trace: Path | None = None) -> dict:
+    """Run `cmd`, sampling the process tree's RSS; return peaks (MiB) and wall time. With
+    `trace`, every sample goes there as CSV (seconds, main RSS, tree RSS, tree PSS in MiB)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak_tree = peak_main = 0
+    peak_tree = peak_pss = peak_main = 0
+    peak_at = 0.0
+    samples = []
     while proc.poll() is None:
-        peak_tree = max(peak_tree, tree_rss_kb(proc.pid))
+        rss, pss = tree_kb(proc.pid)
+        samples.append((time.perf_counter() - start, _status_kb(proc.pid), rss, pss))
+        if pss > peak_pss:
+            peak_pss, peak_at = pss, time.perf_counter() - start
+        peak_tree = max(peak_tree, rss)
         peak_main = max(peak_main, _status_kb(proc.pid, "VmHWM"))  # the kernel's high-water mark
         time.sleep(0.1)
     _, err = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode()[-3000:]}")
+    seconds = time.perf_counter() - start
+    if trace is not None:
+        lines = ["seconds,main_rss_mib,tree_rss_mib,tree_pss_mib"]
+        lines += [f"{t:.1f},{m / 1024:.0f},{r / 1024:.0f},{q / 1024:.0f}" for t, m, r, q in samples]
+        trace.write_text("\n".join(lines) + "\n")
     return {
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "peak_tree_mib": peak_tree / 1024,
+        "peak_tree_pss_mib": peak_pss / 1024,
+        "peak_pss_at": peak_at / seconds,  # share of the wall time
         "peak_single_mib": peak_main / 1024,
     }
 
@@ -102,6 +133,7 @@ def train_checkpoint(work: Path, magnification: float, arch: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", help="checkpoint (default: train a tiny DMMN-M3)")
+    p.add_argument("--trivial", action="store_true", help="the 1x1-conv model (see above)")
     p.add_argument("--magnification", type=float, default=20.0, help="of the trained default")
     p.add_argument("--arch", default="m3", help="DMMN arch of the trained default (m3, s2, ...)")
     p.add_argument("--sizes", type=int, nargs="+", default=[8192, 32768])
@@ -114,7 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from datamodules.synthetic import generate
 
-    ckpt = Path(args.ckpt) if args.ckpt else train_checkpoint(work, args.magnification, args.arch)
+    if args.trivial:
+        from benchmarks.bench_segment import checkpoints
+
+        ckpt = next(iter(checkpoints(work / "checkpoints").values()))
+        label = "trivial"
+    else:
+        ckpt = Path(args.ckpt or train_checkpoint(work, args.magnification, args.arch))
+        run_layout = ckpt.stem == "last" and len(ckpt.parents) > 3  # RUN/NAME/version_N/...
+        label = ckpt.parents[3].name if run_layout else ckpt.stem
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     script = Path(sys.executable).with_name("wsiseg")
     rows = []
@@ -123,22 +163,22 @@ def main(argv: list[str] | None = None) -> int:
         slide = folder / "slide_00.tiff"
         if not slide.is_file():
             generate(folder, n_slides=1, size=size, splits=(0, 0, 1), progress=False, workers=1)
-        out = work / f"out_{size}_{ckpt.parents[3].name}"
+        out = work / f"out_{size}_{label}"
         cmd = [str(script), "segment", "--ckpt", str(ckpt), str(slide), "--out", str(out),
                "--overwrite", "--no-progress", "--num-workers", str(args.num_workers),
                "--batch-size", str(args.batch_size)]  # fmt: skip
-        measured = run_measured(cmd, env)
+        measured = run_measured(cmd, env, work / f"trace_{size}_{label}.csv")
         info = json.loads((out / "slide_00.json").read_text())
         row = {"size": size, "tiles": info["tiles"], "tiles_per_second": info["tiles_per_second"],
                "decode_amplification": info["decode_amplification"], **measured}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| slide | tiles | peak RSS, main process | peak RSS, with workers | wall | tiles/s |")
+    print("\n| slide | tiles | peak RSS, main process | with workers: RSS / PSS | wall | tiles/s |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['size']}² | {r['tiles']} | {r['peak_single_mib']:.0f} MiB | "
-              f"{r['peak_tree_mib']:.0f} MiB | {r['seconds']:.0f} s | "
-              f"{r['tiles_per_second']:.1f} |")  # fmt: skip
+              f"{r['peak_tree_mib']:.0f} / {r['peak_tree_pss_mib']:.0f} MiB | "
+              f"{r['seconds']:.0f} s | {r['tiles_per_second']:.1f} |")  # fmt: skip
     return 0
 
 

@@ -10,6 +10,9 @@ first). ``--ckpt_path last`` picks the newest of ``last.ckpt`` and ``last-step.c
 Batches, not Lightning's global step: under manual optimisation (RAZN, three optimizers) the
 global step counts optimizer steps, 0 to 3 per batch, and ``global_step % n`` would skip saves.
 Other exceptions (a NaN loss, a crash) do not save: the last checkpoint stays the last good one.
+Under DDP it also replaces Lightning's SIGTERM handler, which broadcasts to the other ranks from
+inside the signal handler and deadlocks when the signal lands during a collective: here a handler
+only takes note, and the ranks agree (one all-reduce) at the end of every training batch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import time
 from weakref import proxy
 
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -59,10 +63,36 @@ class ResumeCheckpoint(ModelCheckpoint):
             every_n_batches=self.every_n_batches, every_seconds=self.every_seconds
         )
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._sigterm, self._agree_on_sigterm = False, stage == "fit" and trainer.world_size > 1
+        self._trainer_for_signal = trainer
+        if self._agree_on_sigterm:  # before Lightning registers its handler (Trainer._run)
+            trainer._signal_connector._sigterm_notifier_fn = self._note_sigterm
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if getattr(self, "_agree_on_sigterm", False):
+            vars(trainer._signal_connector).pop("_sigterm_notifier_fn", None)  # Lightning's again
+            self._agree_on_sigterm = False
+
+    def _note_sigterm(self, signum, frame) -> None:
+        """DDP: only note SIGTERM here (and pass it on to the other ranks, as Lightning does).
+        Lightning's own handler broadcasts to the ranks from inside the signal handler, which
+        deadlocks when the signal lands during another collective (DDP's all-reduce in backward)."""
+        launcher = self._trainer_for_signal.strategy.launcher
+        if not self._sigterm and launcher is not None:
+            launcher.kill(signum)
+        self._sigterm = True
+
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_save_time = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if getattr(self, "_agree_on_sigterm", False):
+            # The ranks agree at the same batch; Lightning then stops all of them after it.
+            noted = torch.tensor(float(self._sigterm), device=trainer.strategy.root_device)
+            if float(trainer.strategy.reduce(noted, reduce_op="sum")) > 0:
+                trainer._signal_connector.received_sigterm = True
         if self._should_skip_saving_checkpoint(trainer):
             return
         batches = trainer.fit_loop.total_batch_idx + 1

@@ -346,11 +346,11 @@ def test_resume_checkpoint_saves_on_batch_and_time_intervals(monkeypatch):
 
     def fake_trainer(batches: int):
         fit_loop = SimpleNamespace(total_batch_idx=batches - 1)
-        strategy = SimpleNamespace(broadcast=lambda value: value)
+        strategy = SimpleNamespace()
         state = SimpleNamespace(fn=TrainerFn.FITTING)
         return SimpleNamespace(
             fit_loop=fit_loop, strategy=strategy, state=state, fast_dev_run=False,
-            sanity_checking=False, global_step=batches,
+            sanity_checking=False, global_step=batches, is_global_zero=True,
         )  # fmt: skip
 
     def saves(cb, batches) -> list[int]:

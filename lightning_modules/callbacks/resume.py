@@ -88,19 +88,22 @@ class ResumeCheckpoint(ModelCheckpoint):
         self._last_save_time = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if getattr(self, "_agree_on_sigterm", False):
-            # The ranks agree at the same batch; Lightning then stops all of them after it.
-            noted = torch.tensor(float(self._sigterm), device=trainer.strategy.root_device)
-            if float(trainer.strategy.reduce(noted, reduce_op="sum")) > 0:
-                trainer._signal_connector.received_sigterm = True
-        if self._should_skip_saving_checkpoint(trainer):
-            return
         batches = trainer.fit_loop.total_batch_idx + 1
         due = self.every_n_batches is not None and batches % self.every_n_batches == 0
-        if self.every_seconds is not None:  # rank 0's clock decides, or ranks could disagree
-            late = time.monotonic() - self._last_save_time >= self.every_seconds
-            due = bool(trainer.strategy.broadcast(due or late))
-        if due:
+        late = (
+            self.every_seconds is not None
+            and trainer.is_global_zero
+            and time.monotonic() - self._last_save_time >= self.every_seconds
+        )
+        if getattr(self, "_agree_on_sigterm", False):
+            # One all-reduce: rank 0's clock and any rank's SIGTERM decide for every rank, at
+            # the same batch (Lightning then stops all of them after it).
+            flags = torch.tensor([self._sigterm, late], device=trainer.strategy.root_device)
+            flags = trainer.strategy.reduce(flags.float(), reduce_op="sum")
+            sigterm, late = bool(flags[0] > 0), bool(flags[1] > 0)
+            if sigterm:
+                trainer._signal_connector.received_sigterm = True
+        if (due or late) and not self._should_skip_saving_checkpoint(trainer):
             self._save_resume_point(trainer)
 
     # Epoch ends and the end of training are the monitored checkpoint's (last.ckpt): no copy here.

@@ -19,7 +19,7 @@ def experiment_args(
     data: Path,
     out: Path,
     *,
-    tiny: str,
+    tiny: str | Path,
     trainer: str = "cpu",
     overlays: tuple[str | Path, ...] = (),
     extra: tuple[str, ...] = (),

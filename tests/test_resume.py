@@ -33,9 +33,9 @@ from lightning_modules.resume import (
     point_logger_at,
     wandb_run_id,
 )
+from tests.cli_args import experiment_args
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
 BATCHES = 6  # per epoch: max_patches 12, batch 2
 EPOCHS = 2
 
@@ -110,19 +110,10 @@ trainer:
 
 
 def wsiseg_args(command, exp, tiny, data, out, extra, trainer="cpu") -> list[str]:
-    configs = [
-        EXPERIMENTS / f"{exp}.yaml",
-        EXPERIMENTS / "trainer" / f"{trainer}.yaml",
-        tiny,
-        extra,
-    ]
-    return [
-        command,
-        *[a for c in configs for a in ("--config", str(c))],
-        "--data.init_args.root", str(data),
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out),
-    ]  # fmt: skip
+    """As the CLI tests build it, with the `extra` overlay after the tiny one."""
+    return experiment_args(
+        command, exp, data, out, tiny=tiny, trainer=trainer, extra=("--config", str(extra))
+    )
 
 
 def run_wsiseg(argv, cwd, kill=None, watch=None, timeout=300):

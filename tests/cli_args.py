@@ -35,3 +35,15 @@ def experiment_args(
         "--trainer.default_root_dir", str(out),
         "--trainer.logger.init_args.save_dir", str(out),
     ]  # fmt: skip
+
+
+def short_train(test_batches: int = 2) -> list[str]:
+    """One epoch of 2 training batches, 1 validation batch, no sanity check: the whole `train`
+    path (fit, test, report) in seconds."""
+    return [
+        "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1",
+        "--trainer.limit_test_batches", str(test_batches),
+        "--trainer.num_sanity_val_steps", "0",
+    ]  # fmt: skip

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lightning_modules.cli import main
-from tests.cli_args import experiment_args
+from tests.cli_args import experiment_args, short_train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -59,13 +59,7 @@ def test_fast_dev_run(exp, synthetic_root, out, capsys):
 
 
 def test_train_with_the_cpu_budget_schedule(synthetic_root, out, capsys):
-    limits = [
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "1",
-        "--trainer.limit_test_batches", "1",
-        "--trainer.num_sanity_val_steps", "0",
-    ]  # fmt: skip
+    limits = short_train(test_batches=1)
     schedule = EXPERIMENTS / "schedule" / "cpu_budget_refinenet.yaml"
     exp = "da_refinenet_r50_attention"
     rc = main([*args("train", exp, synthetic_root, out, overlays=(schedule,)), *limits])

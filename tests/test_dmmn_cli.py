@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lightning_modules.cli import main
-from tests.cli_args import experiment_args
+from tests.cli_args import experiment_args, short_train
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ["s2", "ms", "m2s", "m3"]
@@ -42,13 +42,7 @@ def test_fast_dev_run(arch, synthetic_root, out, capsys):
 
 
 def test_train_writes_results(synthetic_root, out, capsys):
-    limits = [
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "1",
-        "--trainer.limit_test_batches", "2",
-        "--trainer.num_sanity_val_steps", "0",
-    ]  # fmt: skip
+    limits = short_train()
     rc = main([*args("train", "m3", synthetic_root, out, schedule="cpu_budget"), *limits])
     printed = capsys.readouterr()
     assert rc == 0, printed.err[-3000:]

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_modules.cli import main
-from tests.cli_args import experiment_args
+from tests.cli_args import experiment_args, short_train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPS = ["razn", "razn_m2", "razn_scale1", "razn_scale2", "razn_ms", "razn_attention"]
@@ -56,13 +56,7 @@ def test_simulated_zoom_overlay(synthetic_root, out, capsys):
     assert rc == 0, capsys.readouterr().err[-3000:]
 
 
-LIMITS = [
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "2",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.limit_test_batches", "2",
-    "--trainer.num_sanity_val_steps", "0",
-]  # fmt: skip
+LIMITS = short_train()
 
 
 def test_train_reports_zoom_groups_and_relative_time(synthetic_root, out, capsys):

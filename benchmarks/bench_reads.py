@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules import tilecache
-from datamodules.slides import Slide
+from datamodules.slides import tilecache
+from datamodules.slides.slide import Slide
 
 
 def _fresh_cache(mb: int) -> None:

@@ -5,7 +5,7 @@ three-magnification field): `PixelModel`, a 1x1 convolution on the 20x view (the
 case: reads, batching, stitching, mask writing), and DMMN-M3 at width 0.25 (the reduced CPU
 schedule's, experiments/schedule/cpu_budget.yaml; the compute-bound case). Each is saved as a
 Lightning checkpoint with its class path and view, loaded by `load_method` and run by
-`lightning_modules.commands.segment.run` with the command's defaults (2 DataLoader workers,
+`lightning_modules.cli.commands.segment.run` with the command's defaults (2 DataLoader workers,
 batch 8). Baselines from the same process: raw JPEG tile decode (`bench_reads`) and reading the
 same tiles through the view in one process without a model.
 """
@@ -22,13 +22,14 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from datamodules.slides import Slide
-from datamodules.views import MultiMagView
+from datamodules.slides.slide import Slide
+from datamodules.views.multimag import MultiMagView
+from datamodules.wholeslide import TileDataset, TrackedSlide, plan_slide
 from lightning_modules.base import SegmentationTask
-from lightning_modules.inference import TileDataset, TrackedSlide, plan_slide
 
 from . import bench_reads
 
+VIEW_PATH = "datamodules.views.multimag.MultiMagView"
 VIEW_ARGS = {"size": 256, "magnification": 20.0, "scales": [1, 2, 4]}
 VIEW = MultiMagView(**{**VIEW_ARGS, "scales": (1, 2, 4)})
 DMMN_WIDTH = 0.25  # experiments/schedule/cpu_budget.yaml
@@ -66,7 +67,7 @@ def save_checkpoint(model: SegmentationTask, path: Path) -> Path:
                 "_class_path": f"{cls.__module__}.{cls.__qualname__}",
             },
             "datamodule_hyper_parameters": {
-                "view": {"class_path": "datamodules.views.MultiMagView", "init_args": VIEW_ARGS}
+                "view": {"class_path": VIEW_PATH, "init_args": VIEW_ARGS}
             },
             "pytorch-lightning_version": pl.__version__,
         },
@@ -123,8 +124,8 @@ def segment(ckpt: Path, slide: Path, out: Path, max_tiles: int | None) -> dict:
     """`wsiseg segment --ckpt CKPT SLIDE --out OUT` in this process (the command's defaults),
     stopped after `max_tiles` tiles (raster order) if given: the slide's summary JSON plus
     ``steady_tiles_per_second`` (`BatchClock`)."""
-    from lightning_modules.checkpoints import load_method
-    from lightning_modules.commands.segment import build_parser, run
+    from lightning_modules.cli.checkpoints import load_method
+    from lightning_modules.cli.commands.segment import build_parser, run
 
     args = build_parser().parse_args(
         [str(slide), "--ckpt", str(ckpt), "--out", str(out), "--overwrite", "--no-progress"]

@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from datamodules.synthetic import ensure_dataset
+from datamodules.synthetic.generator import ensure_dataset
 
 from . import bench_reads, bench_segment
 

@@ -106,8 +106,8 @@ def run_measured(cmd: list[str], env: dict, trace: Path | None = None) -> dict:
 
 
 def train_checkpoint(work: Path, magnification: float, arch: str) -> Path:
-    from datamodules.synthetic import ensure_dataset
-    from lightning_modules.cli import main
+    from datamodules.synthetic.generator import ensure_dataset
+    from lightning_modules.cli.main import main
 
     data = work / "train_set"
     ensure_dataset(data, progress=False, n_slides=3, size=2048, splits=(1, 1, 1))
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
-    from datamodules.synthetic import generate
+    from datamodules.synthetic.generator import generate
 
     if args.trivial:
         from benchmarks.bench_segment import checkpoints

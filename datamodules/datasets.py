@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .balancing import elastic_deform, item_rng
-from .slides import Slide
+from datamodules.sampling.balancing import elastic_deform, item_rng
+from datamodules.slides.slide import Slide
 
 
 @dataclass

@@ -32,12 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotations import MaskLabels, open_labels
-from .datasets import SlideSource
-from .errors import InputError
-from .slides import IMAGE_SUFFIXES, Slide
-from .views import SingleView, View
-from .wsi import SPLITS, WSIDataModule
+from datamodules.datasets import SlideSource
+from datamodules.errors import InputError
+from datamodules.labels.sources import MaskLabels, open_labels
+from datamodules.slides.slide import IMAGE_SUFFIXES, Slide
+from datamodules.views.base import View
+from datamodules.views.single import SingleView
+from datamodules.wsi import SPLITS, WSIDataModule
 
 log = logging.getLogger(__name__)
 DEFAULT_TIGER_ROOT = "data/synthetic_tiger"
@@ -247,8 +248,8 @@ class TigerDataModule(WSIDataModule):
     # ------------------------------------------------------------------ sources
     def prepare_data(self) -> None:
         if self.hparams.synthesize and str(self.root) == DEFAULT_TIGER_ROOT:
-            from .synthetic import ensure_dataset
-            from .synthetic_tiger import SYNTH_DEFAULTS
+            from datamodules.synthetic.generator import ensure_dataset
+            from datamodules.synthetic.tiger import SYNTH_DEFAULTS
 
             ensure_dataset(self.root, **SYNTH_DEFAULTS)
 

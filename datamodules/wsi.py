@@ -18,16 +18,21 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from .annotations import MaskLabels, open_labels
-from .balancing import balanced_index, expected_counts_after_balancing, format_counts
-from .classmaps import load_class_map
-from .datasets import PatchDataset, SlideSource, augmentation
-from .errors import InputError
-from .eval_sampler import EvalShardSampler
-from .samplers import grid_index
-from .slides import Slide
-from .train_order import EpochSampler, resume_offset
-from .views import MultiMagView, View
+from datamodules.datasets import PatchDataset, SlideSource, augmentation
+from datamodules.errors import InputError
+from datamodules.labels.classmaps import load_class_map
+from datamodules.labels.sources import MaskLabels, open_labels
+from datamodules.sampling.balancing import (
+    balanced_index,
+    expected_counts_after_balancing,
+    format_counts,
+)
+from datamodules.sampling.eval_sampler import EvalShardSampler
+from datamodules.sampling.grid import grid_index
+from datamodules.sampling.train_order import EpochSampler, resume_offset
+from datamodules.slides.slide import Slide
+from datamodules.views.base import View
+from datamodules.views.multimag import MultiMagView
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -97,7 +102,7 @@ class WSIDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         hp = self.hparams
         if hp.synthesize and str(self.root) == DEFAULT_ROOT:
-            from .synthetic import ensure_dataset
+            from datamodules.synthetic.generator import ensure_dataset
 
             ensure_dataset(self.root)
 
@@ -266,7 +271,8 @@ class WSIDataModule(pl.LightningDataModule):
 
     def _train_sampler(self, dataset) -> EpochSampler:
         """A fresh order (capped at ``max_patches[0]``) per epoch, seeded by the data seed and
-        `seed_everything`'s (PL_GLOBAL_SEED), one share per DDP rank; see datamodules.train_order.
+        `seed_everything`'s (PL_GLOBAL_SEED), one share per DDP rank;
+        see datamodules.sampling.train_order.
         """
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)

@@ -21,11 +21,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from datamodules.errors import InputError
-from lightning_modules.divergence import FiniteGuard
+from datamodules.labels.classmaps import IGNORE
+from lightning_modules.callbacks.divergence import FiniteGuard
 from lightning_modules.metrics import ConfusionMatrix, scores
-from lightning_modules.overlays import default_colors, overlay_panel, save_png
+from lightning_modules.outputs.overlays import default_colors, overlay_panel, save_png
 
-IGNORE = 255
 NORM_MEAN = 0.5
 """Images become float in [0, 1], then ``(x − NORM_MEAN) / NORM_STD``: roughly zero-mean,
 unit-variance for H&E without per-data-set statistics, and the same for every method."""
@@ -39,7 +39,7 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
 
     Args:
         num_classes: number of output classes.
-        class_map: class-map name or YAML path (``datamodules.classmaps``) for class names,
+        class_map: class-map name or YAML path (``datamodules.labels.classmaps``) for class names,
             overlay colours and whether the classes are ordinal (then the BACH score is
             reported); ``None`` names them ``class_0``, ``class_1``, …
         ignore_index: label value skipped by loss and scores.
@@ -95,7 +95,7 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
         n = self.num_classes
         if class_map is None:
             return [f"class_{i}" for i in range(n)], default_colors(n), False
-        from datamodules.classmaps import load_class_map  # the data side owns class maps
+        from datamodules.labels.classmaps import load_class_map  # the data side owns class maps
 
         cmap = load_class_map(class_map)
         self.class_groups = dict(getattr(cmap, "groups", None) or {})

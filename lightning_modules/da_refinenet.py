@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.errors import InputError
-
-from .base import IGNORE, SegmentationTask
-from .nets.refinenet import build_refinenet
+from lightning_modules.base import IGNORE, SegmentationTask
+from lightning_modules.nets.refinenet import build_refinenet
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -50,7 +49,7 @@ class DARefineNet(SegmentationTask):
     """DA-RefineNet (``arch="dual"``) or RefineNet (``arch="single"``).
 
     Args:
-        arch: "dual" (slice + full image; data view `datamodules.views_dual.DualInputView`, or
+        arch: "dual" (slice + full image; data view `datamodules.views.dual.DualInputView`, or
             `MultiSizeView` for the multi-size baseline) or "single" (one view: `SingleView`).
         num_classes, class_map: as in `SegmentationTask` (BACH: 4 classes, ordinal).
         slice_encoder: resnet50 | resnet101 | resnet152 (also resnet18/34 for small runs).
@@ -61,7 +60,8 @@ class DARefineNet(SegmentationTask):
         context: the full image's side over the slice's side; must match the data view.
         width: decoder width multiplier (1.0 = 512 deepest / 256 elsewhere).
         rcu_blocks: RCUs on each input path of a RefineNet block (RefineNet: 2).
-        encoder_weights: imagenet | null | path to a state dict (see `lightning_modules.weights`).
+        encoder_weights: imagenet | null | path to a state dict
+            (see `lightning_modules.nets.weights`).
         optimizer: "sgd" (the paper) or "adam" (for short CPU schedules from random init).
         lr: decoder learning rate; encoder_lr: encoders' learning rate (None = `lr`).
         momentum, weight_decay: SGD momentum (Adam ignores it) and weight decay.
@@ -130,9 +130,9 @@ class DARefineNet(SegmentationTask):
                 f"DARefineNet arch {self.hparams.arch!r} takes {self.num_inputs} image input(s) "
                 f"but the data view {name} gives {view.num_views}; use "
                 + (
-                    "datamodules.views_dual.DualInputView"
+                    "datamodules.views.dual.DualInputView"
                     if self.num_inputs == 2
-                    else "datamodules.views.SingleView"
+                    else "datamodules.views.single.SingleView"
                 ),
             )
         if self.hparams.aligned:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import SegmentationTask
-from .losses import WeightedCrossEntropy, dmmn_class_weights
-from .nets.dmmn import build_dmmn
+from lightning_modules.base import SegmentationTask
+from lightning_modules.losses import WeightedCrossEntropy, dmmn_class_weights
+from lightning_modules.nets.dmmn import build_dmmn
 
 
 class DMMN(SegmentationTask):

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.errors import InputError
-
-IGNORE = 255
+from datamodules.labels.classmaps import IGNORE
 
 
 def dmmn_class_weights(counts: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:

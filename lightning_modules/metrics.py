@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-IGNORE = 255
+from datamodules.labels.classmaps import IGNORE
 
 
 class ConfusionMatrix(Metric):

@@ -31,10 +31,9 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from datamodules.errors import InputError
-
-from .base import SegmentationTask
-from .metrics import class_key
-from .nets.razn import (
+from lightning_modules.base import SegmentationTask
+from lightning_modules.metrics import class_key
+from lightning_modules.nets.razn import (
     FCNSegmenter,
     PolicyNet,
     from_tiles,
@@ -128,7 +127,7 @@ class ZoomStats(Metric):
 
 # ------------------------------------------------------------------------------ module
 class RAZN(SegmentationTask):
-    """RAZN on a :class:`datamodules.views_zoom.ZoomView` batch.
+    """RAZN on a :class:`datamodules.views.zoom.ZoomView` batch.
 
     Args:
         num_classes, class_map, num_overlays: as in :class:`SegmentationTask`.

@@ -25,9 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.errors import InputError
-
-from .base import SegmentationTask
-from .nets.razn import FCNSegmenter, from_tiles, images_only, load_pretrained, zoom_pyramid
+from lightning_modules.base import SegmentationTask
+from lightning_modules.nets.razn import (
+    FCNSegmenter,
+    from_tiles,
+    images_only,
+    load_pretrained,
+    zoom_pyramid,
+)
 
 
 def _label_size(batch: dict[str, Any]):

@@ -17,9 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.errors import InputError
-
-from .base import SegmentationTask
-from .weights import load_encoder_weights, resolve_encoder_weights, torchvision_imagenet_urls
+from lightning_modules.base import SegmentationTask
+from lightning_modules.nets.weights import (
+    load_encoder_weights,
+    resolve_encoder_weights,
+    torchvision_imagenet_urls,
+)
 
 MODES = ("binary", "multiclass")
 DICE_CLASSES = ("all", "positive")

@@ -6,6 +6,8 @@ differ per test on the command line, so nothing is written under the repository.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,3 +49,12 @@ def short_train(test_batches: int = 2) -> list[str]:
         "--trainer.limit_test_batches", str(test_batches),
         "--trainer.num_sanity_val_steps", "0",
     ]  # fmt: skip
+
+
+def wsiseg_command() -> list[str]:
+    """The installed console script (as users run it), else `python -m` the CLI entry."""
+    script = Path(sys.executable).with_name("wsiseg")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("wsiseg")
+    return [found] if found else [sys.executable, "-m", "lightning_modules.cli.main"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.synthetic import ensure_dataset
+from datamodules.synthetic.generator import ensure_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / ".." / "shared" / "data" / "real"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from datamodules.synthetic_io import write_pyramid
+from datamodules.synthetic.files import write_pyramid
 
 SIZE = 512  # the good slide: SIZE² px at MPP um/px
 MPP = 0.5

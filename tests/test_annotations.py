@@ -13,7 +13,9 @@ import shapely
 import tifffile
 from shapely.geometry import Polygon
 
-from datamodules.annotations import (
+from datamodules.errors import InputError
+from datamodules.labels.classmaps import IGNORE, load_class_map
+from datamodules.labels.sources import (
     MaskLabels,
     PolygonLabels,
     Region,
@@ -22,8 +24,6 @@ from datamodules.annotations import (
     read_annotations,
     region_stats,
 )
-from datamodules.classmaps import IGNORE, load_class_map
-from datamodules.errors import InputError
 
 BACH = load_class_map("bach")
 

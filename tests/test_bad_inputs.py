@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from make_bad_corpus import CASES, make_corpus
 
-from lightning_modules.config_errors import explain
+from lightning_modules.cli.config_errors import explain
+from tests.cli_args import wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -31,8 +31,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 
 
 def wsiseg(*args, cwd) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).with_name("wsiseg")
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lightning_modules.cli"]
+    cmd = wsiseg_command()
     return subprocess.run(
         [*cmd, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
     )

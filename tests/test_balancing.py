@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.balancing import (
+from datamodules.errors import InputError
+from datamodules.sampling.balancing import (
     IGNORE,
     balanced_index,
     class_pixel_counts,
@@ -16,7 +17,6 @@ from datamodules.balancing import (
     patch_class,
     patch_pixel_counts,
 )
-from datamodules.errors import InputError
 
 # Well separated colours, one per label value (IGNORE included), to check image/label alignment.
 PALETTE = {

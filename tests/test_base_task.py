@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.errors import InputError
 from lightning_modules.base import SegmentationTask
 from lightning_modules.metrics import scores
-from lightning_modules.overlays import blend, colorize, overlay_panel, save_png
+from lightning_modules.outputs.overlays import blend, colorize, overlay_panel, save_png
 
 SIZE = 16
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from datamodules.classmaps import IGNORE, UNMAPPED, load_class_map
 from datamodules.errors import InputError
+from datamodules.labels.classmaps import IGNORE, UNMAPPED, load_class_map
 
 BACH = load_class_map("bach")
 

@@ -15,7 +15,7 @@ needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real n
 
 def wsiseg(*args, cwd=ROOT):
     return subprocess.run(
-        [sys.executable, "-m", "lightning_modules.cli", *map(str, args)],
+        [sys.executable, "-m", "lightning_modules.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,

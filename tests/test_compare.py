@@ -3,7 +3,7 @@
 import csv
 import json
 
-from lightning_modules.cli import main
+from lightning_modules.cli.main import main
 
 
 def _run(tmp_path, name, miou, rel=None):

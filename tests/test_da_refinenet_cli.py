@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.cli import main
+from lightning_modules.cli.main import main
 from tests.cli_args import experiment_args, short_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_view_that_does_not_fit_the_net_is_refused(synthetic_root, out, tmp_path
     wrong = tmp_path / "dual_view.yaml"
     wrong.write_text(
         "data:\n  init_args:\n    view:\n"
-        "      class_path: datamodules.views_dual.DualInputView\n"
+        "      class_path: datamodules.views.dual.DualInputView\n"
         "      init_args: {size: 64, context: 10.0}\n"
     )
     argv = args("fit", "refinenet_r50_single", synthetic_root, out, overlays=(wrong,))
@@ -126,7 +126,7 @@ def wsiseg(*argv: str, timeout: int) -> subprocess.CompletedProcess:
     """The installed `wsiseg` console script in a fresh process (DDP re-runs it per rank)."""
     script = Path(sys.executable).with_name("wsiseg")
     found = str(script) if script.is_file() else shutil.which("wsiseg")
-    command = [found] if found else [sys.executable, "-m", "lightning_modules.cli"]
+    command = [found] if found else [sys.executable, "-m", "lightning_modules.cli.main"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [*command, *argv], capture_output=True, text=True, timeout=timeout, env=env

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,9 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from datamodules.errors import InputError
-from datamodules.eval_sampler import EvalShardSampler
-from datamodules.synthetic import ensure_dataset
+from datamodules.sampling.eval_sampler import EvalShardSampler
+from datamodules.synthetic.generator import ensure_dataset
+from tests.cli_args import wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -101,8 +101,7 @@ def tiger_root(tmp_path_factory) -> Path:
 
 def wsiseg(argv: list[str], dump: Path, cwd: Path) -> subprocess.CompletedProcess:
     """The console script in a fresh process (DDP's launcher re-runs it for rank 1)."""
-    script = Path(sys.executable).with_name("wsiseg")
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lightning_modules.cli"]
+    cmd = wsiseg_command()
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",

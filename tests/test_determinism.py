@@ -14,8 +14,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from datamodules.train_order import EpochSampler, epoch_order, resume_offset
-from lightning_modules.lightning_cli import run_lightning
+from datamodules.sampling.train_order import EpochSampler, epoch_order, resume_offset
+from lightning_modules.cli.lightning_cli import run_lightning
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"

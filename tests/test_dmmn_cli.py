@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from lightning_modules.cli import main
-from tests.cli_args import experiment_args, short_train
+from lightning_modules.cli.main import main
+from tests.cli_args import experiment_args, short_train, wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ["s2", "ms", "m2s", "m3"]
@@ -64,15 +62,6 @@ def test_train_writes_results(synthetic_root, out, capsys):
     assert result["best_checkpoint"] and Path(result["best_checkpoint"]).is_file()
     assert len(result["confusion"]) == 4 and sum(map(sum, result["confusion"])) > 0
     assert (run / "config.yaml").is_file()  # LightningCLI saved the resolved config
-
-
-def wsiseg_command() -> list[str]:
-    """The installed console script (as users run it), else `python -m lightning_modules.cli`."""
-    script = Path(sys.executable).with_name("wsiseg")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("wsiseg")
-    return [found] if found else [sys.executable, "-m", "lightning_modules.cli"]
 
 
 def wsiseg(*argv: str, timeout: int) -> subprocess.CompletedProcess:

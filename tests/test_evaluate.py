@@ -10,13 +10,13 @@ import pytest
 import pytorch_lightning as pl
 from ckpt_fixtures import DMMN_20X, tiny_checkpoint
 
-from datamodules.annotations import MaskLabels
-from datamodules.confusion_stream import stream_confusion
-from datamodules.mask_writer import MaskTiffWriter
-from datamodules.slides import Slide
+from datamodules.labels.sources import MaskLabels
+from datamodules.slides.slide import Slide
 from datamodules.wsi import WSIDataModule
-from lightning_modules.checkpoints import load_method
-from lightning_modules.cli import main
+from lightning_modules.cli.checkpoints import load_method
+from lightning_modules.cli.main import main
+from lightning_modules.outputs.evaluation import stream_confusion
+from lightning_modules.outputs.mask_writer import MaskTiffWriter
 
 
 def write_mask(path: Path, values: np.ndarray, mpp: float = 0.5) -> Path:

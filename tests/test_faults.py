@@ -13,7 +13,6 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +20,17 @@ import pytest
 import tifffile
 import torch
 
-from datamodules import mask_writer
-from datamodules.mask_writer import MaskTiffWriter
-from lightning_modules.divergence import TrainingDiverged
+from lightning_modules.callbacks.divergence import TrainingDiverged
+from lightning_modules.outputs import mask_writer
+from lightning_modules.outputs.mask_writer import MaskTiffWriter
+from tests.cli_args import wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 
 
 def fit(exp: str, tiny: str, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).with_name("wsiseg")
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lightning_modules.cli"]
+    cmd = wsiseg_command()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     argv = [
         "fit",
@@ -97,7 +96,7 @@ def test_worker_errors_become_one_line():
     from torch._utils import ExceptionWrapper
 
     from datamodules.errors import InputError
-    from lightning_modules.cli import _describe
+    from lightning_modules.cli.main import _describe
 
     def rereaised(exc: Exception) -> Exception:
         try:
@@ -234,7 +233,7 @@ def test_segment_disk_full(synthetic_root, tmp_path, monkeypatch, capsys, tmp_pa
     mask, overlay or summary of that slide under its final name (so --resume redoes it)."""
     from ckpt_fixtures import DMMN_5X, tiny_checkpoint
 
-    from lightning_modules.cli import main
+    from lightning_modules.cli.main import main
 
     ckpt = tiny_checkpoint(tmp_path_factory.getbasetemp(), synthetic_root, DMMN_5X)
     capsys.readouterr()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.nets import ARCHS, build_dmmn
 from lightning_modules.nets.blocks import Upsampler, centre_crop, scaled_widths
+from lightning_modules.nets.dmmn import ARCHS, build_dmmn
 
 VARIANTS = [("s2", False), ("ms", False), ("m2s", False), ("m3", False), ("m3", True)]
 IDS = [a + ("-release" if r else "") for a, r in VARIANTS]

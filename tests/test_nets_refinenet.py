@@ -18,7 +18,7 @@ from lightning_modules.nets.refinenet import (
     RefineNet,
     build_refinenet,
 )
-from lightning_modules.weights import load_encoder_weights, resolve_encoder_weights
+from lightning_modules.nets.weights import load_encoder_weights, resolve_encoder_weights
 
 SMALL = {"slice_encoder": "resnet18", "full_encoder": "resnet18", "width": 0.125, "rcu_blocks": 1}
 
@@ -69,7 +69,7 @@ def test_each_fusion_runs_uses_the_full_image_and_trains_both_encoders(fusion, a
     for enc in net.encoders():
         grads = [p.grad for p in enc.parameters() if p.requires_grad]
         assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
-    with pytest.raises(ValueError, match="views_dual"):
+    with pytest.raises(ValueError, match="views.dual"):
         net(torch.randn(2, 3, 64, 64))
 
 

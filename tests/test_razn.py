@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.classmaps import load_class_map
 from datamodules.errors import InputError
+from datamodules.labels.classmaps import load_class_map
 from lightning_modules.callbacks.timing import RelativeInferenceTime
 from lightning_modules.metrics import group_iou, scores
 from lightning_modules.nets.razn import from_tiles, to_tiles

@@ -8,15 +8,14 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from lightning_modules.cli import main
-from tests.cli_args import experiment_args, short_train
+from lightning_modules.cli.main import main
+from tests.cli_args import experiment_args, short_train, wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPS = ["razn", "razn_m2", "razn_scale1", "razn_scale2", "razn_ms", "razn_attention"]
@@ -118,8 +117,7 @@ def test_ddp_two_cpu_processes_agree(synthetic_root, out, tmp_path):
         "RAZN_RANK_DUMP": str(dump),
         "OMP_NUM_THREADS": "1",
     }
-    script = Path(sys.executable).with_name("wsiseg")
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lightning_modules.cli"]
+    cmd = wsiseg_command()
     r = subprocess.run(
         [
             *cmd,

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,15 +24,15 @@ import torch
 
 from datamodules.errors import InputError
 from lightning_modules.callbacks.resume import ResumeCheckpoint
-from lightning_modules.cli import main
-from lightning_modules.lightning_cli import _pop_option
-from lightning_modules.resume import (
+from lightning_modules.cli.lightning_cli import _pop_option
+from lightning_modules.cli.main import main
+from lightning_modules.cli.resume import (
     AppendingCSVLogger,
     plan_resume,
     point_logger_at,
     wandb_run_id,
 )
-from tests.cli_args import experiment_args
+from tests.cli_args import experiment_args, wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = 6  # per epoch: max_patches 12, batch 2
@@ -118,8 +117,7 @@ def wsiseg_args(command, exp, tiny, data, out, extra, trainer="cpu") -> list[str
 
 def run_wsiseg(argv, cwd, kill=None, watch=None, timeout=300):
     """`wsiseg ARGV` in a fresh process; with `kill`, send that signal once `watch` exists."""
-    script = Path(sys.executable).with_name("wsiseg")
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lightning_modules.cli"]
+    cmd = wsiseg_command()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [*cmd, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -290,7 +288,7 @@ def test_point_logger_at_reuses_the_version_and_appends():
     }
     point_logger_at(trainer, Path("runs/exp/version_3"))
     assert trainer["logger"]["init_args"]["version"] == "version_3"
-    assert trainer["logger"]["class_path"] == "lightning_modules.resume.AppendingCSVLogger"
+    assert trainer["logger"]["class_path"] == "lightning_modules.cli.resume.AppendingCSVLogger"
 
 
 def test_appending_logger_keeps_rows_and_replaces_relogged_ones(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -21,13 +20,14 @@ import tiffslide
 import torch
 from ckpt_fixtures import DMMN_5X, DMMN_20X, tiny_checkpoint
 
-from datamodules.annotations import read_annotations
-from datamodules.mask_writer import GridStitcher, MaskTiffWriter
-from datamodules.slides import Slide
-from lightning_modules.checkpoints import load_method
-from lightning_modules.cli import main
-from lightning_modules.inference import TileDataset, collate, plan_slide
-from lightning_modules.slide_outputs import write_geojson
+from datamodules.labels.sources import read_annotations
+from datamodules.slides.slide import Slide
+from datamodules.wholeslide import TileDataset, collate, plan_slide
+from lightning_modules.cli.checkpoints import load_method
+from lightning_modules.cli.main import main
+from lightning_modules.outputs.mask_writer import GridStitcher, MaskTiffWriter
+from lightning_modules.outputs.slide_files import write_geojson
+from tests.cli_args import wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_NEED_MPP = ["tcga-cr-7395-01a-01-ts1.svs", "CropBreastSlide.tiff", "CropBreastSlide.tif",
@@ -259,8 +259,7 @@ def test_writer_abort_leaves_no_file(tmp_path):
 def test_ddp_two_cpu_processes(ckpt20, synthetic_root, tmp_path):
     """Slides, not tiles, are split over 2 gloo ranks; every slide is written exactly once."""
     out = tmp_path / "seg"
-    script = Path(sys.executable).with_name("wsiseg")
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "lightning_modules.cli"]
+    cmd = wsiseg_command()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     r = subprocess.run(
         [*cmd, "segment", "--ckpt", str(ckpt20), str(synthetic_root), "--out", str(out),

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from datamodules.errors import InputError
-from datamodules.slides import Slide, mpp_of
+from datamodules.slides.slide import Slide, mpp_of
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real not present")

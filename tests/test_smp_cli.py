@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from datamodules.errors import InputError
-from datamodules.synthetic import ensure_dataset
-from lightning_modules.cli import main
+from datamodules.synthetic.generator import ensure_dataset
+from lightning_modules.cli.main import main
 from lightning_modules.smp_baselines import BinaryAsTwoClass, SMPSegmenter
 from tests.cli_args import experiment_args
 

@@ -11,10 +11,11 @@ import pytest
 import tiffslide
 
 from datamodules.errors import InputError
-from datamodules.slides import Slide
-from datamodules.synthetic import _assign_splits, ensure_dataset, generate, slide_rngs
-from datamodules.synthetic_layout import BENIGN_CLS, IN_SITU, INVASIVE, RIM_PX, layout_default
-from datamodules.synthetic_textures import (
+from datamodules.slides.slide import Slide
+from datamodules.synthetic.generator import _assign_splits, ensure_dataset, generate
+from datamodules.synthetic.layout import BENIGN_CLS, IN_SITU, INVASIVE, RIM_PX, layout_default
+from datamodules.synthetic.render import slide_rngs
+from datamodules.synthetic.textures import (
     BENIGN,
     EPITHELIUM,
     RIM,
@@ -85,8 +86,8 @@ def test_pyramids_as_tiffslide_and_slide_see_them(dataset):
 
 
 def test_xml_rasterises_to_the_mask(dataset):
-    from datamodules.annotations import PolygonLabels, read_annotations
-    from datamodules.classmaps import load_class_map
+    from datamodules.labels.classmaps import load_class_map
+    from datamodules.labels.sources import PolygonLabels, read_annotations
 
     out, manifest = dataset
     for rec in manifest["slides"]:

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon, box
 
-from datamodules.annotations import PolygonLabels, read_annotations
 from datamodules.errors import InputError
-from datamodules.synthetic import ensure_dataset
-from datamodules.synthetic_layout import Region
-from datamodules.synthetic_tiger import ROI_DIR, XML_DIR, hole_free, visible_regions
+from datamodules.labels.sources import PolygonLabels, read_annotations
+from datamodules.synthetic.generator import ensure_dataset
+from datamodules.synthetic.layout import Region
+from datamodules.synthetic.tiger import ROI_DIR, XML_DIR, hole_free, visible_regions
 from datamodules.tiger import TigerDataModule, assign_splits, slide_of, split_counts
-from datamodules.views import SingleView
-from lightning_modules.cli import main
+from datamodules.views.single import SingleView
+from lightning_modules.cli.main import main
 
 #: 3 slides of 1024² with 3 ROIs each: one slide per split at 80/10/10.
 TINY_TIGER = {"n_slides": 3, "size": 1024, "seed": 0, "splits": (1, 1, 1), "layout": "tiger"}
@@ -67,7 +67,7 @@ def test_layout_files_and_names(root):
 def test_roi_masks_match_the_xml_and_the_slide(root):
     """ROI mask = the XML rasterised over the ROI (values 1-7, 0 where unannotated), and the
     ROI image is the slide's level 0 there."""
-    from datamodules.slides import Slide
+    from datamodules.slides.slide import Slide
 
     image = roi_files(root)[0]
     slide_name = slide_of(image.stem)

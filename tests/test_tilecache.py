@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from datamodules import tilecache
-from datamodules.slides import Slide
-from datamodules.views import MultiMagView
+from datamodules.slides import tilecache
+from datamodules.slides.slide import Slide
+from datamodules.views.multimag import MultiMagView
 
 
 @pytest.fixture

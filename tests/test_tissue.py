@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from datamodules.slides import Slide
-from datamodules.synthetic import generate, slide_rngs
-from datamodules.synthetic_layout import layout_default
-from datamodules.synthetic_textures import FAT, GLASS
-from datamodules.tissue import mask_from_rgb, tissue_fraction, tissue_mask
+from datamodules.sampling.tissue import mask_from_rgb, tissue_fraction, tissue_mask
+from datamodules.slides.slide import Slide
+from datamodules.synthetic.generator import generate
+from datamodules.synthetic.layout import layout_default
+from datamodules.synthetic.render import slide_rngs
+from datamodules.synthetic.textures import FAT, GLASS
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 

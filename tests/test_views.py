@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from datamodules.annotations import MaskLabels, open_labels
-from datamodules.samplers import grid_index
-from datamodules.slides import Slide
-from datamodules.synthetic_io import pyramid
-from datamodules.views import IGNORE, MultiMagView, SingleView
+from datamodules.labels.classmaps import IGNORE
+from datamodules.labels.sources import MaskLabels, open_labels
+from datamodules.sampling.grid import grid_index
+from datamodules.slides.slide import Slide
+from datamodules.synthetic.files import pyramid
+from datamodules.views.multimag import MultiMagView
+from datamodules.views.single import SingleView
 
 VIEW = MultiMagView()  # 256² target at 20x, field 1024², scales 1, 2, 4
 

@@ -8,8 +8,8 @@ import pytest
 
 from datamodules.datasets import PatchDataset, SlideSource, augmentation
 from datamodules.errors import InputError
-from datamodules.slides import Slide
-from datamodules.views_dual import DualInputView, MultiSizeView
+from datamodules.slides.slide import Slide
+from datamodules.views.dual import DualInputView, MultiSizeView
 
 SIDE = 4096  # level-0 pixels of the test image (0.5 um/px, so 20x)
 SQUARE = (1800, 1700, 2300, 2200)  # x0, y0, x1, y1 of a dark square on white

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.annotations import open_labels
 from datamodules.datasets import PatchDataset, SlideSource, augmentation
 from datamodules.errors import InputError
-from datamodules.slides import Slide
-from datamodules.views_zoom import ZoomView
+from datamodules.labels.sources import open_labels
+from datamodules.slides.slide import Slide
+from datamodules.views.zoom import ZoomView
 from datamodules.wsi import WSIDataModule
 from lightning_modules.nets.razn import to_tiles
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lightning_modules.loggers import describe_run, has_api_key
+from lightning_modules.cli.loggers import describe_run, has_api_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ def test_offline_run_without_key(tmp_path, synthetic_root):
     cmd = [
         sys.executable,
         "-m",
-        "lightning_modules.cli",
+        "lightning_modules.cli.main",
         "train",
         "--config",
         ROOT / "experiments/dmmn_s2.yaml",

@@ -13,7 +13,8 @@ import torch
 
 from datamodules.datasets import PatchDataset, augmentation
 from datamodules.errors import InputError
-from datamodules.views import IGNORE, MultiMagView
+from datamodules.labels.classmaps import IGNORE
+from datamodules.views.multimag import MultiMagView
 from datamodules.wsi import SPLITS, WSIDataModule
 
 #: The synthetic XML marks only lesions; with this map everything else is unlabeled, so the

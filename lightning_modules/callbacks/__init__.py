@@ -1,1 +1,1 @@
-"""Trainer callbacks shared by every method (timing, …)."""
+"""Trainer callbacks shared by every method: resume, timing, divergence guard, slide writer."""

@@ -18,7 +18,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .blocks import Decoder, Encoder, Head, Upsampler, centre_crop, init_weights, scaled_widths
+from lightning_modules.nets.blocks import (
+    Decoder,
+    Encoder,
+    Head,
+    Upsampler,
+    centre_crop,
+    init_weights,
+    scaled_widths,
+)
 
 VIEWS = ("20x", "10x", "5x")
 """View order along dim 1 of the input; each view covers twice the field of the one before."""

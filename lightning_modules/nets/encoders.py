@@ -2,7 +2,7 @@
 
 RefineNet decodes the outputs of the four residual stages (strides 4, 8, 16, 32). The encoder is a
 torchvision ``ResNet`` without its pooling head and classifier, so torchvision's ImageNet files
-load into it key for key (see `lightning_modules.weights`).
+load into it key for key (see `lightning_modules.nets.weights`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from datamodules.errors import InputError
-from lightning_modules.weights import (
+from lightning_modules.nets.weights import (
     load_encoder_weights,
     resolve_encoder_weights,
     torchvision_imagenet_urls,

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.errors import InputError
-
-from .encoders import ResNetEncoder, build_encoder
+from lightning_modules.nets.encoders import ResNetEncoder, build_encoder
 
 FUSIONS = ("add", "concat", "attention")
 ARCHS = ("single", "dual")
@@ -212,7 +211,7 @@ class RefineNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(
                 f"RefineNet takes (B, 3, H, W) images, got {tuple(x.shape)}; "
-                "use a one-view data view (datamodules.views.SingleView)"
+                "use a one-view data view (datamodules.views.single.SingleView)"
             )
         return self.decoder(self.encoder(x))
 
@@ -267,7 +266,7 @@ class DualRefineNet(nn.Module):
         if x.ndim != 5 or x.shape[1] != 2 or x.shape[2] != 3:
             raise ValueError(
                 f"DA-RefineNet takes (B, 2, 3, H, W) = (slice, full image), got "
-                f"{tuple(x.shape)}; use a two-view data view (datamodules.views_dual)"
+                f"{tuple(x.shape)}; use a two-view data view (datamodules.views.dual)"
             )
         feats = self.slice_encoder(x[:, 0])
         full = self.full_encoder(x[:, 1])

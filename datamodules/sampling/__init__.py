@@ -1,0 +1,1 @@
+"""Where to sample: the tile grid, tissue masks, class balancing, train order, eval shards."""

@@ -1,0 +1,1 @@
+"""The synthetic benchmark generator (`wsiseg synth`): layout, textures, files, TIGER layout."""

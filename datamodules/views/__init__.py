@@ -1,0 +1,1 @@
+"""Views: the patch geometry of each method (single, multi-magnification, dual, zoom)."""

@@ -1,0 +1,288 @@
+"""Whole-slide inference: every tissue cell of a slide through a method's own view, in order.
+
+`WholeSlideData` is a LightningDataModule over whole slides: per slide a grid at the method's
+target geometry (cell = the view's target patch; DMMN: 256² at 20x, each seen through its
+1024² three-magnification field), kept where the Otsu tissue mask has tissue, read by the
+view in DataLoader workers in row-major order. Under DDP the slides (not the tiles) are split
+over ranks, so every rank stitches whole slides; `SlideWriter`
+(lightning_modules.callbacks.slide_writer)
+turns the batches into files. Nothing here is method-specific: each method's ``predict_step``
+returns class probabilities for the target patch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from datamodules.errors import InputError
+from datamodules.sampling.tissue import tissue_fraction, tissue_mask
+from datamodules.slides.slide import Slide
+from datamodules.views.base import View
+
+SLIDE_SUFFIXES = {
+    ".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".qptiff", ".png", ".jpg", ".jpeg",
+}  # fmt: skip
+#: Folder scans skip these: label masks next to their slides and this command's own outputs.
+EXCLUDE = ("*_mask.*", "*_overlay.png", "*.part*")
+OUTPUTS = ("_mask.tiff", "_overlay.png", ".geojson", ".json")
+
+
+def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
+    """The files `wsiseg segment` writes per slide (the JSON last: its presence = complete)."""
+    keys = ("mask", "overlay", "geojson", "json")
+    return {k: Path(out_dir) / f"{name}{suffix}" for k, suffix in zip(keys, OUTPUTS, strict=True)}
+
+
+def is_done(out_dir: Path, name: str) -> bool:
+    return all(p.is_file() for p in output_paths(out_dir, name).values())
+
+
+def find_slides(inputs, out_dir: Path | None = None, exclude=EXCLUDE) -> list[Path]:
+    """Slide files from files, folders (slide suffixes, non-recursive) and ``.txt`` lists."""
+    found: list[Path] = []
+    out_dir = Path(out_dir).resolve() if out_dir else None
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            members = sorted(
+                q
+                for q in p.iterdir()
+                if q.is_file()
+                and q.suffix.lower() in SLIDE_SUFFIXES
+                and not any(fnmatch.fnmatch(q.name, pat) for pat in exclude)
+                and (out_dir is None or q.resolve().parent != out_dir)
+            )
+            if not members:
+                raise InputError(p, f"no slide files ({', '.join(sorted(SLIDE_SUFFIXES))}) here")
+            found.extend(members)
+        elif p.suffix.lower() == ".txt" and p.is_file():
+            lines = [s.strip() for s in p.read_text().splitlines()]
+            found.extend(
+                (p.parent / s) if not Path(s).is_absolute() else Path(s)
+                for s in lines
+                if s and not s.startswith("#")
+            )
+        elif p.exists():
+            found.append(p)
+        else:
+            raise InputError(p, "no such slide, folder or list")
+    if not found:
+        raise InputError(None, "no slides given")
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+def output_names(slides: list[Path]) -> list[str]:
+    """Output name per slide: its stem, or stem + suffix where stems clash (a.tif, a.tiff)."""
+    stems = [p.stem for p in slides]
+    names = [
+        s if stems.count(s) == 1 else f"{s}_{p.suffix.lstrip('.')}"
+        for s, p in zip(stems, slides, strict=True)
+    ]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InputError(None, f"two slides would both write outputs named {dup!r}: rename one")
+    return names
+
+
+class TrackedSlide(Slide):
+    """A `Slide` that records which stored tiles its reads needed (`touched`), so decode
+    amplification = tiles decoded / distinct tiles needed can be reported per slide."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.touched: set[int] = set()
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        tiled = self.tiled_level(level)
+        if tiled is not None:
+            self.touched.update((level << 40) + t for t in tiled.tiles_covering(x, y, w, h))
+        return super()._read_level(level, x, y, w, h)
+
+
+@dataclass
+class SlideJob:
+    """One slide to segment: its grid (cols, rows) of cells and the cells on tissue."""
+
+    name: str
+    slide: Slide
+    grid: tuple[int, int]
+    cells: np.ndarray  # (N, 2) int64 (row, col), row-major
+    cell_side: float  # level-0 pixels per cell
+
+
+def plan_slide(
+    slide: Slide, view: View, name: str, min_tissue: float = 0.0, use_tissue: bool = True
+) -> SlideJob:
+    """The grid of `view` targets over `slide`, keeping cells with tissue fraction > min_tissue."""
+    side = view.target_footprint(slide)
+    w, h = slide.dimensions
+    cols, rows = max(1, int(np.ceil(w / side - 1e-6))), max(1, int(np.ceil(h / side - 1e-6)))
+    if use_tissue:
+        mask, mask_mpp = tissue_mask(slide)
+        frac = tissue_fraction(
+            mask, mask_mpp, slide.mpp, cell=view.size, mpp=view.mpp, dimensions=(w, h)
+        )[:rows, :cols]
+        keep = frac > min_tissue
+    else:
+        keep = np.ones((rows, cols), bool)
+    cells = np.argwhere(keep).astype(np.int64)  # row-major
+    return SlideJob(name, slide, (cols, rows), cells, side)
+
+
+class _NoLabels:
+    """Views read labels alongside images; inference has none."""
+
+    def read(self, location, size, mpp=None) -> np.ndarray:
+        return np.zeros((int(size[1]), int(size[0])), np.uint8)
+
+
+class TileDataset(Dataset):
+    """Every tissue cell of `jobs`, slide after slide, each through `view` (with `margin`
+    extra pixels of context on each side at the view's resolution, cropped off afterwards)."""
+
+    def __init__(self, jobs: list[SlideJob], view: View, margin: int = 0):
+        self.jobs = jobs
+        self.margin = int(margin)
+        self.view = dataclasses.replace(view, size=view.size + 2 * margin) if margin else view
+        counts = [len(j.cells) for j in jobs]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        j = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        job = self.jobs[j]
+        k = i - int(self.offsets[j])
+        row, col = (int(v) for v in job.cells[k])
+        shift = self.margin * self.view.mpp / job.slide.mpp
+        location = (col * job.cell_side - shift, row * job.cell_side - shift)
+        slide = job.slide
+        slide.handle  # noqa: B018 - open here, so the counters below are this process's
+        decoded = slide.tile_stats.decoded
+        touched = getattr(slide, "touched", None)
+        if touched is not None:
+            touched.clear()
+        views, _, *rest = self.view.read(slide, _NoLabels(), location)
+        image = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2)
+        sample = {
+            "image": image[0] if image.shape[0] == 1 else image,
+            "meta": {
+                "job": j,
+                "row": row,
+                "col": col,
+                "decoded": slide.tile_stats.decoded - decoded,
+                "tiles": np.fromiter(touched or (), np.int64),
+            },
+        }
+        for key, arr in (rest[0] if rest else {}).items():  # e.g. RAZN's zoomed fields
+            if np.ndim(arr) == 3:  # images only: label extras are the dummy labels above
+                sample[key] = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        return sample
+
+
+def collate(items: list[dict]) -> dict:
+    """Default collation, except the variable-length tile lists, which stay a list."""
+    tiles = [item["meta"].pop("tiles") for item in items]
+    batch = default_collate(items)
+    batch["meta"]["tiles"] = tiles
+    return batch
+
+
+class WholeSlideData(pl.LightningDataModule):
+    """Slides -> tiles for `trainer.predict`; the slides are split over DDP ranks.
+
+    Args:
+        slides: slide files.
+        out_dir: where outputs go (slides already complete there are skipped with `resume`).
+        view: the method's view (from its checkpoint).
+        mpp: level-0 mpp for slides without (or with a wrong) one in their metadata.
+        min_tissue: segment cells whose Otsu tissue fraction exceeds this (0 = any tissue).
+        use_tissue: False segments every cell of the grid.
+        margin: extra context in pixels on each side of a target (cropped from the output).
+        resume: skip slides whose outputs are all present.
+    """
+
+    def __init__(
+        self,
+        slides: list[str | Path],
+        out_dir: str | Path,
+        view: View,
+        mpp: float | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        min_tissue: float = 0.0,
+        use_tissue: bool = True,
+        margin: int = 0,
+        resume: bool = False,
+    ):
+        super().__init__()
+        self.slides = [Path(s) for s in slides]
+        self.names = output_names(self.slides)
+        self.out_dir = Path(out_dir)
+        self.view = view
+        self.mpp = mpp
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.min_tissue, self.use_tissue = float(min_tissue), bool(use_tissue)
+        self.margin, self.resume = int(margin), bool(resume)
+        self.jobs: list[SlideJob] = []
+        self.skipped: list[str] = []
+
+    def _assignment(self) -> list[list[int]]:
+        """Slides still to do, spread over ranks by area (largest first to the least loaded)."""
+        world = self.trainer.world_size if self.trainer else 1
+        todo, skipped = [], []
+        for i, name in enumerate(self.names):
+            (skipped if self.resume and is_done(self.out_dir, name) else todo).append(i)
+        self.skipped = [self.names[i] for i in skipped]
+        areas = {i: np.prod(Slide(self.slides[i], mpp=self.mpp).dimensions) for i in todo}
+        ranks: list[list[int]] = [[] for _ in range(world)]
+        load = [0] * world
+        for i in sorted(todo, key=lambda i: -areas[i]):
+            r = int(np.argmin(load))
+            ranks[r].append(i)
+            load[r] += int(areas[i])
+        return ranks
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.jobs:
+            return
+        strategy = self.trainer.strategy if self.trainer else None
+        # rank 0 decides, before anyone writes, so every rank sees the same plan
+        plan = self._assignment() if strategy is None or strategy.is_global_zero else None
+        if strategy is not None and self.trainer.world_size > 1:
+            plan = strategy.broadcast(plan, src=0)
+            self.skipped = strategy.broadcast(self.skipped, src=0)
+        rank = self.trainer.global_rank if self.trainer else 0
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs = [
+            plan_slide(
+                TrackedSlide(self.slides[i], mpp=self.mpp),
+                self.view,
+                self.names[i],
+                self.min_tissue,
+                self.use_tissue,
+            )
+            for i in sorted(plan[rank])
+        ]
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            TileDataset(self.jobs, self.view, self.margin),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=False,
+        )

@@ -1,0 +1,1 @@
+"""What a run writes: mask TIFFs, overlays and GeoJSON, and slide-level evaluation."""

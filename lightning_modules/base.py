@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric
 from datamodules.errors import InputError
 from datamodules.labels.classmaps import IGNORE
 from lightning_modules.callbacks.divergence import FiniteGuard
-from lightning_modules.metrics import ConfusionMatrix, scores
+from lightning_modules.metrics import ConfusionMatrix, TileConfusions, scores
 from lightning_modules.outputs.overlays import default_colors, overlay_panel, save_png
 
 NORM_MEAN = 0.5
@@ -85,6 +85,8 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
         self.test_scores: dict[str, float] = {}
         self.val_scores: dict[str, float] = {}
         self.test_confusion: np.ndarray | None = None
+        self.test_tiles = TileConfusions()  # per-tile counts: a study's bootstrap evidence
+        self.test_tile_confusion: tuple[np.ndarray, list] | None = None
         self._overlay_root: Path | None = None
         self._test_overlays_saved = 0
         self.configure_models()
@@ -179,6 +181,9 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         pred = self._eval_step(batch, "test", self.test_cm)
+        self.test_tiles.update(
+            pred, batch["label"], self.num_classes, self.ignore_index, batch.get("meta")
+        )
         left = self.num_overlays - self._test_overlays_saved
         if left > 0 and self.trainer.is_global_zero:
             n = min(left, pred.shape[0])
@@ -223,6 +228,7 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._test_overlays_saved = 0
+        self.test_tiles.reset()
         self._share_buffers()
 
     def _share_buffers(self) -> None:
@@ -241,6 +247,7 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
             torch.distributed.broadcast(buffer.data, src=0)
 
     def on_test_epoch_end(self) -> None:
+        self.test_tile_confusion = self.test_tiles.gather()  # every rank: a collective
         if self.test_cm.update_called:
             self.test_confusion = self.test_cm.compute().cpu().numpy()
         result = self._log_scores("test", self.test_cm)

@@ -73,6 +73,72 @@ class ConfusionMatrix(Metric):
         return self.cm.clone()
 
 
+def per_sample_confusion(
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None
+) -> torch.Tensor:
+    """One confusion matrix per sample: ``(B, C, C)`` int64 counts of class indices ``(B, ...)``
+    (their sum over B is what `ConfusionMatrix.update` adds for the batch)."""
+    c, b = int(num_classes), int(target.shape[0])
+    target = target.long().reshape(b, -1)
+    preds = preds.long().reshape(b, -1)
+    valid = torch.ones_like(target, dtype=torch.bool)
+    if ignore_index is not None:
+        valid = target != ignore_index
+    offset = torch.arange(b, device=target.device)[:, None] * (c * c)
+    flat = torch.where(valid, offset + target * c + preds, torch.full_like(target, b * c * c))
+    counts = torch.bincount(flat.flatten(), minlength=b * c * c + 1)
+    return counts[: b * c * c].view(b, c, c)
+
+
+class TileConfusions:
+    """Per-tile confusion counts of the test set, with each tile's ``(slide, x, y)``: the
+    evidence a study's bootstrap resamples (lightning_modules/cli/study/bootstrap.py).
+
+    Kept as plain lists (slide names are strings); `gather` collects every rank's tiles on all
+    ranks (``all_gather_object``), so under DDP the sum over tiles is the synced confusion.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts: list[np.ndarray] = []
+        self.ids: list[tuple[str, float, float]] = []
+
+    def update(self, preds, target, num_classes: int, ignore_index, meta=None) -> None:
+        cm = per_sample_confusion(preds, target, num_classes, ignore_index).cpu().numpy()
+        n = cm.shape[0]
+        meta = meta if isinstance(meta, dict) else {}
+        slides = list(meta.get("slide", [""] * n))
+        xs = _floats(meta.get("x"), n)
+        ys = _floats(meta.get("y"), n)
+        self.counts.append(cm)
+        self.ids += [(str(s), x, y) for s, x, y in zip(slides, xs, ys, strict=True)]
+
+    def gather(self) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+        """(counts ``(N, C, C)``, ids) over all ranks, sorted by tile id (rank-independent)."""
+        parts = [(self.counts, self.ids)]
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (self.counts, self.ids))
+        counts = [c for part_counts, _ in parts for c in part_counts]
+        ids = [i for _, part_ids in parts for i in part_ids]
+        if not counts:
+            return np.zeros((0, 0, 0), np.int64), []
+        stacked = np.concatenate(counts).astype(np.int64)
+        order = sorted(range(len(ids)), key=lambda k: ids[k])
+        return stacked[order], [ids[k] for k in order]
+
+
+def _floats(values, n: int) -> list[float]:
+    if values is None:
+        return [-1.0] * n
+    if isinstance(values, torch.Tensor):
+        return [float(v) for v in values.reshape(-1).tolist()]
+    return [float(v) for v in values]
+
+
 def class_key(name: str) -> str:
     """Metric-key form of a class name ("in situ" -> "in_situ"), safe for CSV columns and wandb."""
     return re.sub(r"\W+", "_", str(name)).strip("_") or "class"

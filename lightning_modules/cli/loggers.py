@@ -21,6 +21,7 @@ class WandbOptions:
     project: str = "wsiseg"
     entity: str | None = None
     group: str | None = None  # default: the experiment family
+    name: str | None = None  # default: the experiment
     tags: list[str] = field(default_factory=list)  # added to method and data tags
     offline: bool | None = None  # default: offline when no API key is configured
     log_model: bool = False
@@ -63,7 +64,7 @@ def make_wandb_logger(
         entity=options.entity,
         group=options.group or group,
         tags=sorted(set(tags + list(options.tags))),
-        name=experiment or None,
+        name=options.name or experiment or None,
         save_dir=save_dir,
         offline=offline,
         log_model=options.log_model,

@@ -30,6 +30,7 @@ def _tool_commands() -> dict:
         "synth": (CMD + "synth", "generate the synthetic benchmark slides"),
         "info": (CMD + "info", "describe a slide (and its annotations)"),
         "compare": (CMD + "compare", "one table + bar plot of finished runs"),
+        "study": (CMD + "study", "experiments x seeds: run, then intervals and claim verdicts"),
         "segment": (CMD + "segment", "segment whole slides with a checkpoint"),
         "evaluate": (CMD + "evaluate", "score a predicted mask on the slide"),
     }

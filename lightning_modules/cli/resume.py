@@ -5,13 +5,15 @@ Lightning alone would not: a new process gives the CSV logger a new ``version_N`
 scratch; LightningCLI then also refuses to write config.yaml into an existing run folder, and the
 CSV logger deletes an existing metrics.csv. Before the trainer is built, `plan_resume` finds the
 run folder (the newest ``last*.ckpt`` under ``<save_dir>/<name>/``, or the folder of the given
-file) and points the logger at it (``version``); `AppendingCSVLogger` keeps metrics.csv and
+file) and points the logger at it (``version``; a logger that pins its ``version`` resumes only
+that folder); `AppendingCSVLogger` keeps metrics.csv and
 `wandb_run_id` lets a wandb run resume under the same id.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import os
 import uuid
 from dataclasses import dataclass
@@ -54,24 +56,26 @@ def run_logger(trainer_config):
     return None
 
 
-def latest_last_checkpoint(experiment_dir: Path) -> Path | None:
+def latest_last_checkpoint(experiment_dir: Path, version: str = "*") -> Path | None:
     """The newest ``last*.ckpt`` (``last.ckpt`` or `ResumeCheckpoint`'s ``last-step.ckpt``) of
-    any run of the experiment."""
-    found = [p for p in experiment_dir.glob("*/checkpoints/last*.ckpt") if p.is_file()]
+    any run of the experiment, or of run folder `version` only."""
+    found = [p for p in experiment_dir.glob(f"{version}/checkpoints/last*.ckpt") if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
 def plan_resume(ckpt_path: str, trainer_config) -> ResumePlan:
     """Where `ckpt_path` ("last" or a file) resumes; "last" with no checkpoint starts afresh."""
     logger = run_logger(trainer_config)
-    experiment_dir = None
+    experiment_dir, version = None, "*"
     if logger is not None:
         args = logger["init_args"]
         experiment_dir = Path(str(args["save_dir"])) / str(args["name"])
+        if isinstance(args.get("version"), str | int):  # a pinned run folder (a study's)
+            version = glob.escape(str(args["version"]))
     if ckpt_path == "last":
         if experiment_dir is None:
             return ResumePlan("last", None)  # no run folders to search: Lightning's own lookup
-        found = latest_last_checkpoint(experiment_dir)
+        found = latest_last_checkpoint(experiment_dir, version)
         if found is None:
             return ResumePlan(None, None)
         return ResumePlan(str(found), found.parent.parent)

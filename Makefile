@@ -51,6 +51,13 @@ train: install ## fit + test EXP (default dmmn_m3) on DATA (default: synthetic);
 	$(VENV)/bin/wsiseg train --config experiments/$(EXP).yaml $(DATA_CFG) \
 	  --config experiments/trainer/$(TRAINER).yaml $(SCHEDULE_CFG) $(RESUME_ARG) $(ARGS)
 
+STUDY ?= dmmn
+.PHONY: study
+study: install ## run experiments/studies/STUDY.yaml (experiments x seeds; skips finished runs, resumes killed ones), then its report; ARGS (e.g. --report)
+	@test -f experiments/studies/$(STUDY).yaml || { echo "no study experiments/studies/$(STUDY).yaml; choose one of:"; ls experiments/studies/*.yaml | xargs -n1 basename | sed 's/.yaml$$//;s/^/  /'; exit 2; }
+	@$(if $(filter tiger,$(STUDY)),true,$(MAKE) --no-print-directory data)
+	$(VENV)/bin/wsiseg study experiments/studies/$(STUDY).yaml $(ARGS)
+
 RUNS ?= runs
 compare: install ## table + bar plot of finished runs under RUNS (default: runs/) -> comparison.*
 	$(VENV)/bin/wsiseg compare $(RUNS) --out $(RUNS)/comparison --overwrite

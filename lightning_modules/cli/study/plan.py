@@ -92,7 +92,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise InputError(path, f"unknown key(s) {unknown}; known: {sorted(KEYS)}")
-    exps_dir = _dir(spec.get("experiments_dir"), path.resolve().parent.parent, path)
+    exps_dir = _dir(spec.get("experiments_dir"), _near(path.absolute().parent.parent), path)
     experiments = _names(spec.get("experiments"), "experiments", path)
     seeds = spec.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
@@ -176,6 +176,14 @@ def parse_claims(items, experiments: list[str], spec: dict, path: Path) -> list[
                 phrase = f"{names[i]} {sym} {names[j]}"
                 out.append(Claim(a, b, op, score, margin, phrase, source, stated))
     return out
+
+
+def _near(p: Path) -> Path:
+    """`p` relative to the working directory when inside it (shorter command lines)."""
+    try:
+        return p.relative_to(Path.cwd())
+    except ValueError:
+        return p
 
 
 def _names(value, key: str, path: Path) -> list[str]:

@@ -1,0 +1,145 @@
+"""The study bootstrap and verdicts on hand-made per-tile confusion counts (exact values), the
+per-tile counts of the test hook, and the claim parser. No training: milliseconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.errors import InputError
+from lightning_modules.cli.study.bootstrap import (
+    CONTRADICTED,
+    SUPPORTED,
+    UNDECIDED,
+    Bootstrap,
+    Estimate,
+    RunEvidence,
+    verdict,
+)
+from lightning_modules.cli.study.plan import parse_claims
+from lightning_modules.metrics import ConfusionMatrix, TileConfusions, per_sample_confusion
+
+NAMES = ["a", "b"]
+PERFECT = np.array([[10, 0], [0, 10]])
+HALF = np.array([[5, 5], [0, 10]])  # IoU a = 5/10, IoU b = 10/15: mIoU 7/12
+
+
+def runs_of(exp: str, tiles_per_run: list[list[np.ndarray]], times=None) -> list[RunEvidence]:
+    return [
+        RunEvidence(exp, seed, np.stack(t), {} if times is None else {"t": times[seed]})
+        for seed, t in enumerate(tiles_per_run)
+    ]
+
+
+def boot(runs: dict, levels="both", n=400, seed=0, extras=()) -> Bootstrap:
+    return Bootstrap(runs, ["miou", "iou/a", "accuracy"], extras, NAMES, False, n, seed, levels)
+
+
+def test_identical_runs_give_a_zero_width_run_level_interval():
+    tiles = [HALF, PERFECT, HALF]
+    b = boot({"m": runs_of("m", [tiles, tiles, tiles])}, levels="runs")
+    e = b.estimates["m"]["miou"]
+    total = HALF * 2 + PERFECT  # [[20, 10], [0, 30]]: IoU a = 20/30, IoU b = 30/40
+    expected = (20 / 30 + 30 / 40) / 2
+    assert e.mean == pytest.approx(expected, abs=1e-12)
+    assert e.lo == pytest.approx(expected, abs=1e-12) and e.hi == pytest.approx(expected, abs=1e-12)
+    assert e.per_run == pytest.approx([expected] * 3)
+    assert b.estimates["m"]["accuracy"].mean == pytest.approx(np.trace(total) / total.sum())
+    # the tiles still vary: the two-level interval is wider than zero
+    both = boot({"m": runs_of("m", [tiles, tiles, tiles])}).estimates["m"]["miou"]
+    assert both.hi - both.lo > 0.05 and both.lo < expected < both.hi
+
+
+def test_two_runs_span_their_scores_at_run_level():
+    """Replicates of two runs are s1, (s1+s2)/2 or s2 (a quarter each at the ends): the 2.5 and
+    97.5 percentiles are the two runs' own scores."""
+    b = boot({"m": runs_of("m", [[HALF], [PERFECT]])}, levels="runs")
+    e = b.estimates["m"]["miou"]
+    assert (e.lo, e.hi) == (pytest.approx(7 / 12), pytest.approx(1.0))
+    assert e.mean == pytest.approx((7 / 12 + 1.0) / 2)
+
+
+def test_extras_are_resampled_over_runs_only():
+    runs = {"m": runs_of("m", [[HALF], [HALF]], times=[0.5, 0.7])}
+    e = boot(runs, extras=["t"]).estimates["m"]["t"]
+    assert (e.mean, e.lo, e.hi) == (pytest.approx(0.6), pytest.approx(0.5), pytest.approx(0.7))
+
+
+def test_clearly_better_method_is_supported_and_swapped_pair_contradicted():
+    good = runs_of("good", [[PERFECT, PERFECT, PERFECT]] * 3)
+    bad = runs_of("bad", [[HALF, HALF, HALF]] * 3)
+    b = boot({"good": good, "bad": bad})
+    d = b.difference("good", "bad", "miou")
+    assert d.mean == pytest.approx(1 - 7 / 12)
+    assert (d.lo, d.hi) == (pytest.approx(5 / 12), pytest.approx(5 / 12))  # paired, same tiles
+    assert verdict(d, ">") == SUPPORTED
+    assert verdict(b.difference("bad", "good", "miou"), ">") == CONTRADICTED
+    assert verdict(b.difference("bad", "good", "miou"), ">=", 0.01) == CONTRADICTED
+
+
+def test_equal_methods_not_worse_but_not_better():
+    same = [[HALF, PERFECT]] * 2
+    b = boot({"x": runs_of("x", same), "y": runs_of("y", same)})
+    d = b.difference("x", "y", "miou")
+    assert (d.mean, d.lo, d.hi) == (0.0, 0.0, 0.0)
+    assert verdict(d, ">") == UNDECIDED
+    assert verdict(d, ">=", 0.01) == SUPPORTED
+
+
+def test_verdict_rules():
+    assert verdict(Estimate(0.02, 0.001, 0.04), ">") == SUPPORTED
+    assert verdict(Estimate(0.02, -0.001, 0.04), ">") == UNDECIDED
+    assert verdict(Estimate(-0.02, -0.04, -0.001), ">") == CONTRADICTED
+    assert verdict(Estimate(-0.002, -0.009, 0.004), ">=", 0.01) == SUPPORTED
+    assert verdict(Estimate(-0.01, -0.02, 0.004), ">=", 0.01) == UNDECIDED
+    assert verdict(Estimate(-0.03, -0.05, -0.011), ">=", 0.01) == CONTRADICTED
+    assert verdict(Estimate(float("nan"), float("nan"), float("nan")), ">") == UNDECIDED
+
+
+def test_seeded_and_reproducible():
+    runs = {"m": runs_of("m", [[HALF, PERFECT, HALF], [PERFECT, HALF, HALF]])}
+    first = boot(runs, seed=3).replicates["m"]["miou"]
+    again = boot(runs, seed=3).replicates["m"]["miou"]
+    other = boot(runs, seed=4).replicates["m"]["miou"]
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_per_tile_counts_sum_to_the_batch_confusion():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (4, 8, 8), generator=g)
+    target[0, :2] = 255  # ignored pixels
+    preds = torch.randint(0, 3, (4, 8, 8), generator=g)
+    per = per_sample_confusion(preds, target, 3, 255)
+    cm = ConfusionMatrix(3, 255)
+    cm.update(preds, target)
+    assert per.shape == (4, 3, 3) and torch.equal(per.sum(0), cm.compute())
+    assert int(per[0].sum()) == 64 - 16 and int(per[1].sum()) == 64
+    tiles = TileConfusions()
+    meta = {"slide": ["s1", "s0", "s1", "s0"], "x": torch.tensor([5.0, 1.0, 0.0, 2.0]),
+            "y": torch.zeros(4)}  # fmt: skip
+    tiles.update(preds, target, 3, 255, meta)
+    counts, ids = tiles.gather()
+    assert ids == [("s0", 1.0, 0.0), ("s0", 2.0, 0.0), ("s1", 0.0, 0.0), ("s1", 5.0, 0.0)]
+    assert np.array_equal(counts[0], per[1].numpy()) and np.array_equal(counts[3], per[0].numpy())
+
+
+def test_claim_chains_and_directions():
+    exps = ["m3", "m2s", "ms", "s2"]
+    claims = parse_claims(["m3 > m2s > ms >= s2"], exps, {}, Path("s.yaml"))
+    got = {(c.high, c.op, c.low, c.stated) for c in claims}
+    assert got == {
+        ("m3", ">", "m2s", True), ("m2s", ">", "ms", True), ("ms", ">=", "s2", True),
+        ("m3", ">", "ms", False), ("m3", ">", "s2", False), ("m2s", ">", "s2", False),
+    }  # fmt: skip
+    (faster,) = parse_claims(
+        [{"claim": "ms < m3", "score": "t", "margin": 0.2}], exps, {}, Path("s.yaml")
+    )
+    assert (faster.high, faster.op, faster.low, faster.score) == ("m3", ">", "ms", "t")
+    assert faster.text == "ms < m3" and faster.margin == 0.2
+    with pytest.raises(InputError, match="needs the study's experiments"):
+        parse_claims(["m3 > nope"], exps, {}, Path("s.yaml"))
+    with pytest.raises(InputError, match="mixes"):
+        parse_claims(["m3 > ms < s2"], exps, {}, Path("s.yaml"))

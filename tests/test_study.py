@@ -22,7 +22,7 @@ import yaml
 
 from lightning_modules.cli.main import main
 from lightning_modules.cli.report import data_fingerprint
-from tests.cli_args import CONF, EXPERIMENTS, short_train, wsiseg_command
+from tests.cli_args import CONF, EXPERIMENTS, experiment_args, short_train, wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPS = ["dmmn_s2", "dmmn_ms"]
@@ -104,12 +104,12 @@ def test_study_runs_every_run_then_reports(study, synthetic_root):
     assert (report / "iou.png").stat().st_size > 5000 and (report / "scores.csv").is_file()
 
 
-def test_rerun_skips_finished_runs(study):
+def test_rerun_skips_finished_runs(study, capsys):
     path, folder, _ = study
     stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("results.json")}
-    r = wsiseg("study", path, "--bootstrap", 50, cwd=path.parent)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("finished, skipped") == 4 and " -> " not in r.stdout
+    assert main(["study", str(path), "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 4 and " -> " not in out and "| dmmn_ms | 2 |" in out
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("results.json")} == stamps
 
 
@@ -210,3 +210,48 @@ def test_slurm_resources_from_a_gpu_trainer_overlay(tmp_path):
     tsv = (tmp_path / "runs" / "gpu" / "slurm" / "runs.tsv").read_text().splitlines()
     assert len(tsv) == 7 and "--config experiments/trainer/gpu.yaml" not in tsv[1]
     assert f"--config {EXPERIMENTS}/trainer/gpu.yaml" in tsv[1] and "--seed_everything 0" in tsv[1]
+
+
+@pytest.mark.slow
+def test_wandb_offline_group_tags_and_report_table(tmp_path, synthetic_root):
+    """A study with the wandb logger overlay: every run in the study's group, tagged with its
+    experiment and seed; the report is an offline run of the same group holding the tables."""
+    spec = study_spec(synthetic_root, tmp_path / "runs", experiments=["dmmn_s2"], logger="wandb",
+                      claims=[])  # fmt: skip
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {"HOME": str(tmp_path), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wdb"),
+           "WANDB_SILENT": "true", "WANDB_API_KEY": ""}  # fmt: skip
+    r = wsiseg("study", path, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted((tmp_path / "runs" / "tiny" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 2
+    for blob in (p.read_bytes() for p in runs):
+        assert b"tiny" in blob and b"dmmn_s2" in blob and b"study:tiny" in blob
+    assert [b"seed:0" in p.read_bytes() for p in runs].count(True) == 1
+    (report,) = (tmp_path / "wdb" / "wandb").glob("offline-run-*")
+    tables = {p.name.split("_")[0] for p in report.glob("files/media/table/study/*.table.json")}
+    assert tables == {"runs", "scores", "claims"}
+    scores = next(report.glob("files/media/table/study/scores_*.table.json"))
+    table = json.loads(scores.read_text())
+    assert table["columns"][:5] == ["experiment", "score", "mean", "lo", "hi"]
+    assert ["dmmn_s2", "miou"] in [row[:2] for row in table["data"]]
+    blob = next(report.glob("run-*.wandb")).read_bytes()
+    assert b"study/scores" in blob and b"study-report" in blob
+    assert list(report.glob("files/media/images/study/iou_*.png"))
+
+
+@pytest.mark.slow
+def test_per_tile_counts_under_ddp(tmp_path, synthetic_root):
+    """2 gloo ranks share the test split: per_tile.npz holds every tile once, from both ranks,
+    and its tiles sum to the synced confusion matrix."""
+    args = experiment_args("train", "dmmn_s2", synthetic_root, tmp_path / "out", tiny="tiny.yaml",
+                           trainer="ddp_cpu", extra=tuple(short_train(test_batches=1)))  # fmt: skip
+    r = wsiseg(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "out" / "dmmn_s2" / "version_0"
+    result = json.loads((run / "results.json").read_text())
+    with np.load(run / "per_tile.npz") as npz:
+        ids = list(zip(npz["slide"].tolist(), npz["x"].tolist(), npz["y"].tolist(), strict=True))
+        assert len(ids) == 2 and len(set(ids)) == 2  # 1 batch of 1 patch on each of 2 ranks
+        assert np.array_equal(npz["confusion"].sum(0), np.array(result["confusion"]))

@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsiseg study",
         description="Run a study (experiments x seeds, experiments/studies/*.yaml) one run at a "
         "time, skipping finished runs and resuming killed ones, then write its report: mean and "
-        "95 %% interval of every score (two-level bootstrap) and a verdict on each claim.",
+        "95 % interval of every score (two-level bootstrap) and a verdict on each claim.",
     )
     p.add_argument("study", help="study YAML, e.g. experiments/studies/dmmn.yaml")
     p.add_argument(

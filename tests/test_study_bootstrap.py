@@ -143,3 +143,20 @@ def test_claim_chains_and_directions():
         parse_claims(["m3 > nope"], exps, {}, Path("s.yaml"))
     with pytest.raises(InputError, match="mixes"):
         parse_claims(["m3 > ms < s2"], exps, {}, Path("s.yaml"))
+
+
+def test_plots_of_a_timed_family(tmp_path):
+    from lightning_modules.cli.study.plots import iou_plot, timing_plot
+
+    runs = {
+        "razn": runs_of("razn", [[PERFECT, HALF]] * 2, times=[0.4, 0.5]),
+        "razn_ms": runs_of("razn_ms", [[HALF, HALF]] * 2, times=[1.0, 1.0]),
+    }
+    runs = {k: [RunEvidence(r.experiment, r.seed, r.tiles, {"relative_inference_time":
+            r.extras["t"]}) for r in v] for k, v in runs.items()}  # fmt: skip
+    b = boot(runs, extras=["relative_inference_time"])
+    t = b.estimates["razn"]["relative_inference_time"]
+    assert (t.mean, t.lo, t.hi) == (pytest.approx(0.45), pytest.approx(0.4), pytest.approx(0.5))
+    for path in (iou_plot(b, ["miou", "iou/a"], tmp_path / "iou.png", "razn"),
+                 timing_plot(b, tmp_path / "timing.png", "razn")):  # fmt: skip
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

@@ -255,3 +255,23 @@ def test_per_tile_counts_under_ddp(tmp_path, synthetic_root):
         ids = list(zip(npz["slide"].tolist(), npz["x"].tolist(), npz["y"].tolist(), strict=True))
         assert len(ids) == 2 and len(set(ids)) == 2  # 1 batch of 1 patch on each of 2 ranks
         assert np.array_equal(npz["confusion"].sum(0), np.array(result["confusion"]))
+
+
+def test_last_resumes_only_the_pinned_run_folder(tmp_path):
+    """A study pins each run's folder (CSV logger `version`): `--ckpt_path last` must not pick
+    another seed's newer checkpoint."""
+    from lightning_modules.cli.resume import plan_resume
+
+    for folder in ("seed_0", "seed_1", "version_3"):
+        (tmp_path / "exp" / folder / "checkpoints").mkdir(parents=True)
+        (tmp_path / "exp" / folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    os.utime(tmp_path / "exp" / "seed_1" / "checkpoints" / "last.ckpt", (2e9, 2e9))  # newest
+
+    def config(version):
+        args = {"save_dir": str(tmp_path), "name": "exp", "version": version}
+        return {"logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": args}}
+
+    assert plan_resume("last", config("seed_0")).run_dir == tmp_path / "exp" / "seed_0"
+    assert plan_resume("last", config(3)).run_dir == tmp_path / "exp" / "version_3"
+    assert plan_resume("last", config(None)).run_dir == tmp_path / "exp" / "seed_1"
+    assert plan_resume("last", config("seed_9")).ckpt_path is None  # nothing there: a new run

@@ -70,8 +70,11 @@ def plan_resume(ckpt_path: str, trainer_config) -> ResumePlan:
     if logger is not None:
         args = logger["init_args"]
         experiment_dir = Path(str(args["save_dir"])) / str(args["name"])
-        if isinstance(args.get("version"), str | int):  # a pinned run folder (a study's)
-            version = glob.escape(str(args["version"]))
+        pinned = args.get("version")  # a pinned run folder (a study's): resume only that one
+        if isinstance(pinned, int) and not isinstance(pinned, bool):
+            version = f"version_{pinned}"  # CSVLogger's folder name for an int version
+        elif isinstance(pinned, str):
+            version = glob.escape(pinned)
     if ckpt_path == "last":
         if experiment_dir is None:
             return ResumePlan("last", None)  # no run folders to search: Lightning's own lookup

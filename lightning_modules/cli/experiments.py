@@ -4,7 +4,8 @@
 checkpoint / resume / learning-rate callbacks); the CLI reads it before any ``--config``, so an
 experiment YAML keeps only what it reproduces. Each experiment names its reduced CPU schedule
 (``cpu_schedule: <name>`` = experiments/schedule/<name>.yaml), which `make train TRAINER=cpu`
-adds; the name is checked here, once, for the Makefile, the CLI and the tests.
+adds: the CLI and the tests resolve the name here (the Makefile reads the key with sed and
+checks the file itself, so that a typo fails before anything is installed).
 """
 
 from __future__ import annotations

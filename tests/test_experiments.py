@@ -8,6 +8,7 @@ razn_cpu, smp_* and unet_bach -> cpu_budget_smp, everything else -> cpu_budget_r
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -80,9 +81,11 @@ def test_the_shared_blocks_live_once_in_defaults():
 def make_n(*args: str) -> subprocess.CompletedProcess:
     if shutil.which("make") is None:
         pytest.skip("no make")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     return subprocess.run(
-        ["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True
-    )
+        ["make", "-n", "--no-print-directory", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
 
 
 def train_line(run: subprocess.CompletedProcess) -> str:

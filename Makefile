@@ -12,12 +12,25 @@ ARGS ?=
 # RESUME=1: continue EXP's latest run (its newest last*.ckpt) in its own run folder
 RESUME ?=
 RESUME_ARG := $(if $(filter 1 yes true,$(RESUME)),--ckpt_path last,)
-# cpu runs use the method family's reduced CPU schedule unless SCHEDULE=paper; gpu runs use the
-# paper's (experiments/schedule/*.yaml say what each one keeps and what it cuts)
-CPU_SCHEDULE := $(strip $(if $(filter dmmn_%,$(EXP)),cpu_budget,\
-  $(if $(filter razn%,$(EXP)),razn_cpu,\
-  $(if $(filter smp_% unet_bach,$(EXP)),cpu_budget_smp,cpu_budget_refinenet))))
+# cpu runs use the reduced CPU schedule the experiment names (its `cpu_schedule:` key) unless
+# SCHEDULE=paper or SCHEDULE=<name>; gpu runs use the paper's (experiments/schedule/*.yaml say
+# what each one keeps and what it cuts). Every run starts from experiments/defaults.yaml.
+EXP_YAML := experiments/$(EXP).yaml
+CPU_SCHEDULE := $(shell sed -n 's/^cpu_schedule: *\([A-Za-z0-9_.-]*\).*/\1/p' $(EXP_YAML) 2>/dev/null)
 SCHEDULE ?= $(if $(filter cpu,$(TRAINER)),$(CPU_SCHEDULE),paper)
+EXPERIMENT_NAMES = $(filter-out defaults,$(basename $(notdir $(wildcard experiments/*.yaml))))
+SCHEDULE_NAMES = $(basename $(notdir $(wildcard experiments/schedule/*.yaml)))
+ifneq ($(filter train,$(MAKECMDGOALS)),)  # one-line errors, before anything is installed or run
+  ifeq ($(wildcard $(EXP_YAML)),)
+    $(error no experiment $(EXP_YAML); have: $(EXPERIMENT_NAMES))
+  endif
+  ifeq ($(SCHEDULE),)
+    $(error $(EXP_YAML) names no cpu_schedule (one of: $(SCHEDULE_NAMES)); or SCHEDULE=paper)
+  endif
+  ifeq ($(filter paper $(SCHEDULE_NAMES),$(SCHEDULE)),)
+    $(error no schedule experiments/schedule/$(SCHEDULE).yaml; have: paper $(SCHEDULE_NAMES))
+  endif
+endif
 DATA_CFG := $(if $(DATA),--config experiments/data/$(DATA).yaml,)
 SCHEDULE_CFG := $(if $(filter-out paper,$(SCHEDULE)),--config experiments/schedule/$(SCHEDULE).yaml,)
 
@@ -46,9 +59,8 @@ data: install ## generate the synthetic benchmark slides (reused when present)
 	$(VENV)/bin/wsiseg synth --out $(DATA_DIR)
 
 train: install ## fit + test EXP (default dmmn_m3) on DATA (default: synthetic); TRAINER, SCHEDULE, ARGS, RESUME=1
-	@test -f experiments/$(EXP).yaml || { echo "no experiment experiments/$(EXP).yaml; choose one of:"; ls experiments/*.yaml | xargs -n1 basename | sed 's/.yaml$$//;s/^/  /'; exit 2; }
 	@if [ -z "$(DATA)" ]; then $(MAKE) --no-print-directory data; fi
-	$(VENV)/bin/wsiseg train --config experiments/$(EXP).yaml $(DATA_CFG) \
+	$(VENV)/bin/wsiseg train --config $(EXP_YAML) $(DATA_CFG) \
 	  --config experiments/trainer/$(TRAINER).yaml $(SCHEDULE_CFG) $(RESUME_ARG) $(ARGS)
 
 STUDY ?= dmmn

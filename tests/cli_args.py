@@ -1,7 +1,8 @@
 """Command lines for the CLI tests, built as `make train` builds them.
 
-Experiment YAML, trainer overlay, further overlays, the test's tiny overlay, then the paths that
-differ per test on the command line, so nothing is written under the repository.
+Experiment YAML, trainer overlay, the experiment's CPU schedule if asked, further overlays, the
+test's tiny overlay, then the paths that differ per test on the command line, so nothing is
+written under the repository (the CLI puts experiments/defaults.yaml under all of them).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from lightning_modules.cli.experiments import cpu_schedule as named_schedule
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 CONF = ROOT / "tests" / "conf"
@@ -17,7 +20,7 @@ CONF = ROOT / "tests" / "conf"
 
 def experiment_args(
     command: str,
-    exp: str,
+    exp: str | Path,
     data: Path,
     out: Path,
     *,
@@ -25,9 +28,14 @@ def experiment_args(
     trainer: str = "cpu",
     overlays: tuple[str | Path, ...] = (),
     extra: tuple[str, ...] = (),
+    cpu_schedule: bool = False,
 ) -> list[str]:
-    """`overlays` are paths or names relative to experiments/ (e.g. "schedule/razn_cpu.yaml")."""
-    configs = [EXPERIMENTS / f"{exp}.yaml", EXPERIMENTS / "trainer" / f"{trainer}.yaml"]
+    """`exp`: a name under experiments/ or a YAML path; `overlays` are paths or names relative
+    to experiments/ (e.g. "schedule/razn_cpu.yaml"); `cpu_schedule` adds the one the
+    experiment names, as `make train TRAINER=cpu` does."""
+    yaml = exp if isinstance(exp, Path) else EXPERIMENTS / f"{exp}.yaml"
+    configs = [yaml, EXPERIMENTS / "trainer" / f"{trainer}.yaml"]
+    configs += [named_schedule(configs[0])] if cpu_schedule else []
     configs += [EXPERIMENTS / o for o in overlays] + [CONF / tiny]
     return [
         command,

@@ -62,7 +62,7 @@ def _keys(tree, prefix: str = "") -> set[str]:
     return found
 
 
-def _defining_file(key: str, files: list[Path]) -> Path | None:
+def defining_file(key: str, files: list[Path]) -> Path | None:
     """The last config file that sets `key` (the one that took effect), if any."""
     hit = None
     for path in files:
@@ -98,5 +98,5 @@ def explain(message: str, args: list[str], known: list[str]) -> tuple[Path | Non
         if close and close[0] != key:
             text += f" (did you mean {close[0]!r}?)"
     on_command_line = any(a == f"--{key}" or a.startswith(f"--{key}=") for a in args)
-    path = _defining_file(key, files) if key and not on_command_line else None
+    path = defining_file(key, files) if key and not on_command_line else None
     return path, text if path else f"{text} (see `wsiseg {command} --help`)"

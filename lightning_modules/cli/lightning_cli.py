@@ -12,16 +12,18 @@ from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from lightning_modules.cli.config_errors import WsisegArgumentParser
+from lightning_modules.cli.config_errors import WsisegArgumentParser, config_files, defining_file
+from lightning_modules.cli.experiments import DEFAULTS, schedule_file
 from lightning_modules.cli.loggers import WandbOptions, make_wandb_logger
 from lightning_modules.cli.report import PAPER, print_schedule, write_report
 from lightning_modules.cli.resume import plan_resume, point_logger_at, wandb_run_id
 
 
 class WsisegCLI(LightningCLI):
-    """Lightning's CLI plus `--schedule` (which training schedule a run used) and `--wandb.*`
-    (a wandb logger added next to the experiment's CSV logger). ``--ckpt_path last|FILE`` of
-    fit (``resume_from`` for `wsiseg train`) continues that run in its own run folder."""
+    """Lightning's CLI on top of experiments/defaults.yaml, plus `--schedule` (which training
+    schedule a run used), `--cpu_schedule` (the reduced schedule an experiment names) and
+    `--wandb.*` (a wandb logger next to the experiment's CSV logger). ``--ckpt_path last|FILE``
+    of fit (``resume_from`` for `wsiseg train`) continues that run in its own run folder."""
 
     def __init__(self, *args, resume_from: str | None = None, **kwargs) -> None:
         self.resume_from = resume_from
@@ -29,11 +31,17 @@ class WsisegCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def before_instantiate_classes(self) -> None:
-        """Resolve ``--ckpt_path`` before the logger picks a new version folder (lightning_modules
-        /resume.py says why Lightning alone starts a resumed run afresh)."""
+        """Check the ``cpu_schedule`` name; resolve ``--ckpt_path`` before the logger picks a new
+        version folder (lightning_modules/cli/resume.py says why Lightning alone starts a resumed
+        run afresh)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("cpu_schedule"):  # a name no schedule file has: one line naming the YAML
+            args = sys.argv[1:]
+            given = any(a.split("=")[0] == "--cpu_schedule" for a in args)
+            named_in = None if given else defining_file("cpu_schedule", config_files(args))
+            schedule_file(config["cpu_schedule"], named_in)
         if self.subcommand not in (None, "fit"):
             return
-        config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt = config.get("ckpt_path") if self.subcommand else self.resume_from
         if ckpt is None:
             return
@@ -59,6 +67,13 @@ class WsisegCLI(LightningCLI):
             default=PAPER,
             help="the training schedule's description, printed and stored with the results "
             "(experiments/schedule/*.yaml set it; default: the paper's settings)",
+        )
+        parser.add_argument(
+            "--cpu_schedule",
+            type=str | None,
+            default=None,
+            help="the experiment's reduced CPU schedule, experiments/schedule/<name>.yaml: "
+            "`make train TRAINER=cpu` adds it (this key only names it)",
         )
 
     def instantiate_classes(self) -> None:
@@ -86,6 +101,8 @@ def _make_cli(args: list[str], run: bool, resume_from: str | None = None) -> Wsi
     `fit` runs inside this call.
     """
     saved, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "wsiseg", *args]
+    defaults = {"default_config_files": [str(DEFAULTS)]}  # under every --config
+    per_command = {name: defaults for name in LightningCLI.subcommands()} if run else defaults
     try:
         return WsisegCLI(
             LightningModule,
@@ -94,7 +111,7 @@ def _make_cli(args: list[str], run: bool, resume_from: str | None = None) -> Wsi
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": False},
             auto_configure_optimizers=False,
-            parser_kwargs={"prog": "wsiseg"},
+            parser_kwargs={"prog": "wsiseg", **per_command},
             parser_class=WsisegArgumentParser,  # config mistakes: one line naming the YAML
             run=run,
             resume_from=resume_from,

@@ -7,13 +7,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from ckpt_fixtures import RAZN_5X, tiny_checkpoint
 
+from datamodules.slides.slide import Slide
+from datamodules.wholeslide import TileDataset, collate, plan_slide
+from lightning_modules.cli.checkpoints import load_method
 from lightning_modules.cli.main import main
 from tests.cli_args import experiment_args, short_train, wsiseg_command
 
@@ -141,3 +146,35 @@ def test_ddp_two_cpu_processes_agree(synthetic_root, out, tmp_path):
     test_keys = json.loads((dump / "test_rank0.json").read_text())["metrics"]
     assert "test/miou" in test_keys and "test/relative_inference_time" in test_keys
     assert "test/zoom_rate" in test_keys
+
+
+def test_segment_reports_the_policys_zoom_rate(synthetic_root, tmp_path_factory, tmp_path, capsys):
+    """`segment`'s per-slide zoom_rate is the fraction of the slide's tiles the policy zooms:
+    computed here from the policy directly on the same tiles, at a threshold chosen between
+    two of their zoom probabilities so that the rate is neither 0 nor 1."""
+    ckpt = tiny_checkpoint(tmp_path_factory.getbasetemp(), synthetic_root, RAZN_5X)
+    method = load_method(ckpt)
+    model, view = method.model, method.view
+    slide_path = synthetic_root / "slide_02.tiff"
+    job = plan_slide(Slide(slide_path), view, "slide_02")
+    tiles = TileDataset([job], view)
+    batch = collate([tiles[i] for i in range(len(tiles))])
+    with torch.inference_mode():
+        p = torch.sigmoid(model.policies[0](model.normalize(batch["image"])).float())
+    p = p.sort().values
+    n = len(p)
+    k = max(range(n // 4, 3 * n // 4 + 1), key=lambda i: float(p[i] - p[i - 1]))
+    assert n >= 8 and p[k] - p[k - 1] > 1e-4, p  # a clear gap: batching cannot flip a tile
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["hyper_parameters"]["threshold"] = float(p[k - 1] + p[k]) / 2
+    thresholded = tmp_path / "razn_thresholded.ckpt"
+    torch.save(state, thresholded)
+    shutil.copy(ckpt.parents[1] / "config.yaml", tmp_path / "config.yaml")  # the run's view
+
+    out = tmp_path / "seg"
+    rc = main(["segment", "--no-progress", "--ckpt", str(thresholded), str(slide_path),
+               "--out", str(out), "--batch-size", "3"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err[-3000:]
+    info = json.loads((out / "slide_02.json").read_text())
+    assert info["method"] == "RAZN" and info["tiles"] == n
+    assert info["zoom_rate"] == (n - k) / n

@@ -254,8 +254,8 @@ def test_optimizer_from_the_arguments():
     adam = ConfiguredTask(optimizer="adam", weight_decay=0.0).configure_optimizers()
     assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["weight_decay"] == 0.0
     assert TinyTask(lr=0.1).optimizer_settings().name == "adam"  # no optimizer argument: Adam
-    with pytest.raises(InputError, match=r"ConfiguredTask trains with SGD or Adam: optimizer "
-                       r"must be 'sgd', 'adam', got 'rmsprop'"):  # fmt: skip
+    bad = "ConfiguredTask trains with SGD or Adam: optimizer must be 'sgd', 'adam', got 'rmsprop'"
+    with pytest.raises(InputError, match=bad):
         ConfiguredTask(optimizer="rmsprop")  # at construction, not when fitting starts
     with pytest.raises(InputError, match="lr must be > 0, got 0"):
         ConfiguredTask(lr=0)
@@ -266,11 +266,11 @@ def test_optimizer_from_the_arguments():
 def test_view_check_in_setup(tmp_path):
     task = ConfiguredTask()
     task.check_view(SingleView(size=16))
-    with pytest.raises(InputError, match="ConfiguredTask takes 1 image input.s. but the data view "
-                       "DualInputView gives 2; use datamodules.views.single.SingleView"):  # fmt: skip
+    counts = "ConfiguredTask takes 1 image input.s. but the data view DualInputView gives 2"
+    with pytest.raises(InputError, match=counts + "; use datamodules.views.single.SingleView"):
         task.check_view(DualInputView())
-    with pytest.raises(InputError, match="reads datamodules.views.single.SingleView batches, not "
-                       "the data view ZoomView"):  # fmt: skip
+    types = "reads datamodules.views.single.SingleView batches, not the data view ZoomView"
+    with pytest.raises(InputError, match=types):
         task.check_view(ZoomView())
     data = RandomData(2)
     data.view = DualInputView()

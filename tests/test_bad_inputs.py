@@ -126,16 +126,13 @@ def test_refused_by_fit(name, slide, labels, suffix, corpus, tmp_path):
     data.mkdir()
     shutil.copy(corpus[slide], data / "s.svs")  # the folder's default slide glob
     shutil.copy(corpus[labels], data / f"s{suffix}")
-    r = wsiseg(
-        "fit",
-        *("--config", EXPERIMENTS / "dmmn_s2.yaml", "--config", EXPERIMENTS / "trainer/cpu.yaml"),
-        *("--config", TINY, "--data.init_args.root", data),
+    extra = (
         *("--data.init_args.label_suffix", suffix, "--data.init_args.labels", "annotations"),
         *("--data.init_args.val_fraction", "0", "--data.init_args.test_fraction", "0"),
-        *("--trainer.default_root_dir", out, "--trainer.logger.init_args.save_dir", out),
         *("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"),
-        cwd=tmp_path,
     )
+    r = wsiseg(*experiment_args("fit", "dmmn_s2", data, out, tiny="tiny.yaml", extra=extra),
+               cwd=tmp_path)  # fmt: skip
     # Lightning may log its setup lines first; the error is the last line and the only one
     last = r.stderr.strip().splitlines()[-1:] or [""]
     named = "s.svs" if name == slide else f"s{suffix}"  # the copy, named as the folder wants

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from ckpt_fixtures import RAZN_5X, tiny_checkpoint
 
 from datamodules.labels.classmaps import load_class_map
 from datamodules.slides.slide import Slide
 from datamodules.wholeslide import TileDataset, collate, plan_slide
 from lightning_modules.cli.checkpoints import load_method
 from lightning_modules.cli.main import main
+from tests.ckpt_fixtures import RAZN_5X, tiny_checkpoint
 from tests.cli_args import experiment_args, short_train, wsiseg_command
 from tests.score_checks import iou_by_hand
 

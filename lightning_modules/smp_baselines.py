@@ -170,7 +170,8 @@ class SMPSegmenter(SegmentationTask):
             )
 
     def lr_schedule(self, optimizer) -> dict | None:
-        """The optimizer (Adam: the class has no ``optimizer`` argument) is the base's."""
+        """MultiStepLR over epochs; the optimizer is the base's Adam (from ``lr`` and
+        ``weight_decay``: the class has no ``optimizer`` argument)."""
         hp = self.hparams
         milestones = [15] if hp.lr_milestones is None else list(hp.lr_milestones)
         if not milestones:

@@ -1,15 +1,19 @@
 """The LightningModule every method shares: normalisation, loss logging, scores, overlays.
 
-A method subclasses :class:`SegmentationTask` and fills three hooks — ``configure_models``
-(sets ``self.net``), ``configure_losses`` (sets ``self.criterion``) and Lightning's own
-``configure_optimizers`` — reading its settings from ``self.hparams``.  Everything a results
-table or a comparison between methods depends on (how images are normalised, how scores
-are computed and synchronised, what is logged under which name) lives here once.
+A method subclasses :class:`SegmentationTask` and fills two hooks — ``configure_models``
+(sets ``self.net``) and ``configure_losses`` (sets ``self.criterion``) — reading its settings
+from ``self.hparams``.  The optimizer comes from the ``optimizer``/``lr``/``momentum``/
+``weight_decay`` arguments (`lightning_modules.optim`), with ``parameter_groups`` and
+``lr_schedule`` as hooks; ``view_types``/``view_counts``/``check_view`` say which data views
+the method reads, checked in ``setup``.  Everything a results table or a comparison between
+methods depends on (how images are normalised, how scores are computed and synchronised, what
+is logged under which name) lives here once.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from datamodules.errors import InputError
 from datamodules.labels.classmaps import IGNORE
 from lightning_modules.callbacks.divergence import FiniteGuard
 from lightning_modules.metrics import ConfusionMatrix, TileConfusions, scores
+from lightning_modules.optim import OPTIMIZERS, OptimizerSettings
 from lightning_modules.outputs.overlays import default_colors, overlay_panel, save_png
 
 NORM_MEAN = 0.5
@@ -54,6 +59,8 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
 
     hparams_ignore: tuple[str, ...] = ()
     """Constructor arguments left out of ``hparams`` (e.g. module objects)."""
+    optimizer_choices: tuple[str, ...] = OPTIMIZERS
+    """The ``optimizer`` names the method trains with (see `lightning_modules.optim`)."""
 
     net: nn.Module
     criterion: nn.Module
@@ -92,6 +99,8 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        if "lr" in self.hparams:  # a bad optimizer setting fails here, not when fitting starts
+            self.optimizer_settings()
 
     def _class_info(self, class_map: str | None) -> tuple[list[str], list[tuple], bool]:
         n = self.num_classes
@@ -130,6 +139,55 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
         self.test_cm = ConfusionMatrix(self.num_classes, self.ignore_index)
         self.val_loss_mean = MeanMetric()
         self.test_loss_mean = MeanMetric()
+
+    # ------------------------------------------------------------ optimizer and schedule
+    def optimizer_settings(self) -> OptimizerSettings:
+        """From ``hparams``: ``optimizer`` (absent: Adam), ``lr``, ``momentum``, weight decay."""
+        return OptimizerSettings.from_hparams(
+            self.hparams, self.optimizer_choices, type(self).__name__
+        )
+
+    def parameter_groups(self) -> Iterable[nn.Parameter] | list[dict]:
+        """What the optimizer updates: every parameter at ``lr``; methods with per-part learning
+        rates return parameter-group dicts (``{"params": ..., "lr": ...}``)."""
+        return self.parameters()
+
+    def lr_schedule(self, optimizer: torch.optim.Optimizer) -> dict | None:
+        """A Lightning ``lr_scheduler`` dict (``{"scheduler": ..., "interval": ...}``) or None
+        (constant learning rate)."""
+        return None
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_settings().build(self.parameter_groups())
+        schedule = self.lr_schedule(optimizer)
+        if schedule is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    # -------------------------------------------------------------------- data views
+    def view_types(self) -> tuple[type, ...]:
+        """The data-view classes the method reads (subclasses count); empty: any."""
+        return ()
+
+    def view_counts(self) -> tuple[int, ...]:
+        """The numbers of image inputs (``view.num_views``) the method takes; empty: any."""
+        return ()
+
+    def check_view(self, view) -> None:
+        """Refuse, in one line and before any step runs, a data view the method cannot read;
+        methods extend it with their own geometry checks (the nets keep their shape checks)."""
+        name, method = type(view).__name__, type(self).__name__
+        types = self.view_types()
+        use = " or ".join(f"{t.__module__}.{t.__name__}" for t in types)
+        counts = self.view_counts()
+        if counts and view.num_views not in counts:
+            raise InputError(
+                None,
+                f"{method} takes {' or '.join(map(str, counts))} image input(s) but the data "
+                f"view {name} gives {view.num_views}" + (f"; use {use}" if use else ""),
+            )
+        if types and not isinstance(view, types):
+            raise InputError(None, f"{method} reads {use} batches, not the data view {name}")
 
     # ----------------------------------------------------------------------- forward
     @property
@@ -214,6 +272,9 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
 
     # ------------------------------------------------------------------ epoch ends
     def setup(self, stage: str) -> None:
+        view = getattr(getattr(self.trainer, "datamodule", None), "view", None)
+        if view is not None:
+            self.check_view(view)
         # trainer.log_dir broadcasts from rank 0, so it must be read on every rank: here.
         root = self.trainer.log_dir or self.trainer.default_root_dir
         self._overlay_root = Path(root) / "overlays"

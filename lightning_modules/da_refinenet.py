@@ -11,15 +11,15 @@ BACH score) come from `SegmentationTask`.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.errors import InputError
+from datamodules.views.dual import DualInputView, MultiSizeView
+from datamodules.views.single import SingleView
 from lightning_modules.base import IGNORE, SegmentationTask
 from lightning_modules.nets.refinenet import build_refinenet
-
-OPTIMIZERS = ("sgd", "adam")
+from lightning_modules.optim import OptimizerName
 
 
 class NLLLoss(nn.Module):
@@ -80,19 +80,17 @@ class DARefineNet(SegmentationTask):
         width: float = 1.0,
         rcu_blocks: int = 2,
         encoder_weights: str | None = None,
-        optimizer: str = "sgd",
+        optimizer: OptimizerName = "sgd",
         lr: float = 5e-3,
         encoder_lr: float | None = 5e-4,
         momentum: float = 0.9,
         weight_decay: float = 1e-5,
         num_overlays: int = 4,
     ) -> None:
-        if optimizer not in OPTIMIZERS:
-            raise InputError(None, f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        for name, value in (("lr", lr), ("encoder_lr", encoder_lr)):
-            if value is not None and not value > 0:
-                raise InputError(None, f"{name} must be > 0, got {value}")
-        # the base saves the hyperparameters and calls configure_models/losses/metrics
+        if encoder_lr is not None and not encoder_lr > 0:
+            raise InputError(None, f"encoder_lr must be > 0, got {encoder_lr}")
+        # the base saves the hyperparameters, calls configure_models/losses/metrics and checks
+        # the optimizer settings
         super().__init__(num_classes=num_classes, class_map=class_map, num_overlays=num_overlays)
 
     def configure_models(self) -> None:
@@ -117,32 +115,23 @@ class DARefineNet(SegmentationTask):
     def num_inputs(self) -> int:
         return 2 if self.hparams.arch == "dual" else 1
 
-    def setup(self, stage: str) -> None:
-        """Refuse a data view that does not fit the net, before any step runs."""
-        super().setup(stage)
-        view = getattr(getattr(self.trainer, "datamodule", None), "view", None)
-        if view is None:
-            return
-        name = type(view).__name__
-        if view.num_views != self.num_inputs:
-            raise InputError(
-                None,
-                f"DARefineNet arch {self.hparams.arch!r} takes {self.num_inputs} image input(s) "
-                f"but the data view {name} gives {view.num_views}; use "
-                + (
-                    "datamodules.views.dual.DualInputView"
-                    if self.num_inputs == 2
-                    else "datamodules.views.single.SingleView"
-                ),
-            )
+    def view_types(self) -> tuple[type, ...]:
+        return (DualInputView, MultiSizeView) if self.num_inputs == 2 else (SingleView,)
+
+    def view_counts(self) -> tuple[int, ...]:
+        return (self.num_inputs,)
+
+    def check_view(self, view) -> None:
+        """The base's checks, and aligned fusion's context must be the view's."""
+        super().check_view(view)
         if self.hparams.aligned:
             context = getattr(view, "context", None)
             if context is None or abs(float(context) - float(self.hparams.context)) > 1e-6:
                 raise InputError(
                     None,
                     f"aligned fusion crops the slice's footprint (1/context of the full image) "
-                    f"but the data view {name} has context {context} and the model "
-                    f"{self.hparams.context}; set both to the same value",
+                    f"but the data view {type(view).__name__} has context {context} and the "
+                    f"model {self.hparams.context}; set both to the same value",
                 )
 
     def parameter_groups(self) -> list[dict]:
@@ -156,10 +145,3 @@ class DARefineNet(SegmentationTask):
             {"params": encoder, "lr": enc_lr, "name": "encoder"},
             {"params": decoder, "lr": hp.lr, "name": "decoder"},
         ]
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        groups = self.parameter_groups()
-        if hp.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)

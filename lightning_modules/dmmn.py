@@ -2,7 +2,8 @@
 
 One class for the four architectures (``arch``: s2, ms, m2s, m3). Loss: cross-entropy weighted
 w_c = 1 − N_c / Σ N_c over the training set's annotated pixels after class balancing (taken from
-the DataModule when fitting starts), unlabeled pixels ignored. Optimizer: SGD as in the paper.
+the DataModule when fitting starts), unlabeled pixels ignored. Optimizer: SGD as in the paper
+(built by the base task from ``optimizer``, ``lr``, ``momentum``, ``weight_decay``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from datamodules.views.multimag import MultiMagView
 from lightning_modules.base import SegmentationTask
 from lightning_modules.losses import WeightedCrossEntropy, dmmn_class_weights
 from lightning_modules.nets.dmmn import build_dmmn
+from lightning_modules.optim import OptimizerName
 
 
 class DMMN(SegmentationTask):
@@ -40,21 +43,26 @@ class DMMN(SegmentationTask):
         class_map: str | None = "bach",
         width: float = 1.0,
         literal_release: bool = False,
-        optimizer: str = "sgd",
+        optimizer: OptimizerName = "sgd",
         lr: float = 5e-5,
         momentum: float = 0.99,
         weight_decay: float = 1e-4,
         class_weights: list[float] | None = None,
         num_overlays: int = 4,
     ) -> None:
+        # the base saves the hyperparameters and calls configure_models/losses/metrics (once)
         super().__init__(num_classes=num_classes, class_map=class_map, num_overlays=num_overlays)
-        self.configure_models()
-        self.configure_losses()
-        self.configure_metrics()
 
     def configure_models(self) -> None:
         hp = self.hparams
         self.net = build_dmmn(hp.arch, hp.num_classes, hp.width, literal_release=hp.literal_release)
+
+    def view_types(self) -> tuple[type, ...]:
+        return (MultiMagView,)
+
+    def view_counts(self) -> tuple[int, ...]:
+        """Three views (20x, 10x, 5x); DSMN-S2 reads only the 20x one, so one view will do."""
+        return (1, 3) if self.net.min_views == 1 else (3,)
 
     def configure_losses(self) -> None:
         hp = self.hparams
@@ -76,13 +84,3 @@ class DMMN(SegmentationTask):
                     f"{n} {w:.3f}" for n, w in zip(self.class_names, weights.tolist(), strict=True)
                 )
                 print(f"DMMN class weights (1 - N_c / sum N): {pretty}", flush=True)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        if hp.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.optimizer != "sgd":
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {hp.optimizer!r}")
-        return torch.optim.SGD(
-            self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-        )

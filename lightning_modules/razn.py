@@ -31,16 +31,16 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from datamodules.errors import InputError
-from lightning_modules.base import SegmentationTask
 from lightning_modules.metrics import class_key
 from lightning_modules.nets.razn import (
     FCNSegmenter,
     PolicyNet,
     from_tiles,
     images_only,
-    load_pretrained,
     zoom_pyramid,
 )
+from lightning_modules.optim import AdamOnly
+from lightning_modules.razn_common import ZoomTask
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -126,7 +126,7 @@ class ZoomStats(Metric):
 
 
 # ------------------------------------------------------------------------------ module
-class RAZN(SegmentationTask):
+class RAZN(ZoomTask):
     """RAZN on a :class:`datamodules.views.zoom.ZoomView` batch.
 
     Args:
@@ -153,7 +153,7 @@ class RAZN(SegmentationTask):
         width: float = 1.0,
         levels: int = 1,
         alpha: float = 0.8,
-        optimizer: str = "adam",
+        optimizer: AdamOnly = "adam",
         lr: float = 0.01,
         lr_step: int = 50_000,
         lr_gamma: float = 0.1,
@@ -174,14 +174,9 @@ class RAZN(SegmentationTask):
             raise InputError(None, f"levels must be >= 1, got {hp.levels}")
         if not 0.5 < hp.alpha <= 1.0:
             raise InputError(None, f"alpha must be in (0.5, 1], got {hp.alpha}")
-        if hp.optimizer != "adam":
-            raise InputError(None, f"RAZN trains with Adam; optimizer {hp.optimizer!r} unknown")
         self.levels = int(hp.levels)
-        self.segmenters = nn.ModuleList(
-            FCNSegmenter(self.num_classes, hp.width) for _ in range(self.levels + 1)
-        )
+        self.segmenters = self.build_segmenters(self.levels + 1)
         self.policies = nn.ModuleList(PolicyNet(hp.width) for _ in range(self.levels))
-        load_pretrained(self.segmenters, hp.pretrained)
 
     def configure_metrics(self) -> None:
         super().configure_metrics()
@@ -189,15 +184,19 @@ class RAZN(SegmentationTask):
         self.test_zoom = ZoomStats(self.num_classes, self.levels, self.ignore_index)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        nets = [*self.policies, *self.segmenters]
-        opts = [torch.optim.Adam(n.parameters(), lr=hp.lr) for n in nets]
-        scheds = [torch.optim.lr_scheduler.StepLR(o, hp.lr_step, hp.lr_gamma) for o in opts]
-        return opts, scheds
+        """One optimizer per network (policies, then segmenters), each with its own decay."""
+        settings = self.optimizer_settings()
+        opts = [settings.build(n.parameters()) for n in [*self.policies, *self.segmenters]]
+        return opts, [self.step_decay(o) for o in opts]
 
-    def timing_reference(self) -> nn.Module:
-        """The Scale-1 model relative inference time is measured against (same width)."""
-        return FCNSegmenter(self.num_classes, self.hparams.width)
+    def check_view(self, view) -> None:
+        super().check_view(view)
+        if int(getattr(view, "levels", 1)) != self.levels:
+            raise InputError(
+                None,
+                f"RAZN has {self.levels} zoom level(s) but the data view "
+                f"{type(view).__name__} gives {view.levels}; set both levels to the same value",
+            )
 
     def forward(self, image: Tensor) -> Tensor:
         """f_θ0 on x0 alone (the no-zoom answer); the method's output is `batch_logits`."""
@@ -342,6 +341,13 @@ class RAZN(SegmentationTask):
             n = q[k + 1] ** 2
             children = (nodes[zoom][:, None] * n + torch.arange(n, device=x.device)).flatten()
             out[zoom] = from_tiles(self._infer(k + 1, children, images, q, decisions), q[k + 1])
+        return out
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        """The base's outputs, and ``zoom``: the policy's first-level decision per tile (1 =
+        zoomed), which `SlideWriter` turns into each slide's zoom rate."""
+        out = super().predict_step(batch, batch_idx, dataloader_idx)
+        out["zoom"] = self._decisions[0].float()
         return out
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0):

@@ -24,15 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datamodules.errors import InputError
-from lightning_modules.base import SegmentationTask
-from lightning_modules.nets.razn import (
-    FCNSegmenter,
-    from_tiles,
-    images_only,
-    load_pretrained,
-    zoom_pyramid,
-)
+from lightning_modules.nets.razn import from_tiles, images_only, zoom_pyramid
+from lightning_modules.optim import AdamOnly
+from lightning_modules.razn_common import ZoomTask
 
 
 def _label_size(batch: dict[str, Any]):
@@ -45,8 +39,8 @@ def _to_grid(x: Tensor, size) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-class _ZoomBaseline(SegmentationTask):
-    """Shared plumbing: one FCN segmenter, Adam with a stepwise decay, zoomed-tile helpers.
+class _ZoomBaseline(ZoomTask):
+    """One FCN segmenter (RAZN's construction, `ZoomTask`) and the zoomed-tile helpers.
 
     Args:
         num_classes, class_map, num_overlays: as in :class:`SegmentationTask`.
@@ -62,7 +56,7 @@ class _ZoomBaseline(SegmentationTask):
         num_classes: int = 4,
         class_map: str | None = "bach",
         width: float = 1.0,
-        optimizer: str = "adam",
+        optimizer: AdamOnly = "adam",
         lr: float = 0.01,
         lr_step: int = 50_000,
         lr_gamma: float = 0.1,
@@ -72,21 +66,10 @@ class _ZoomBaseline(SegmentationTask):
         super().__init__(num_classes=num_classes, class_map=class_map, num_overlays=num_overlays)
 
     def configure_models(self) -> None:
-        if self.hparams.optimizer != "adam":
-            raise InputError(
-                None, f"RAZN baselines train with Adam, not {self.hparams.optimizer!r}"
-            )
-        self.net = FCNSegmenter(self.num_classes, self.hparams.width)
-        load_pretrained(nn.ModuleList([self.net]), self.hparams.pretrained)
+        self.net = self.build_segmenters(1)[0]
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
-        sched = torch.optim.lr_scheduler.StepLR(opt, hp.lr_step, hp.lr_gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def timing_reference(self) -> nn.Module:
-        return FCNSegmenter(self.num_classes, self.hparams.width)
+    def lr_schedule(self, optimizer) -> dict:
+        return {"scheduler": self.step_decay(optimizer), "interval": "step"}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._extra_logs: dict[str, Tensor] = {}

@@ -23,6 +23,7 @@ from lightning_modules.nets.weights import (
     resolve_encoder_weights,
     torchvision_imagenet_urls,
 )
+from lightning_modules.optim import milestone_decay
 
 MODES = ("binary", "multiclass")
 DICE_CLASSES = ("all", "positive")
@@ -157,9 +158,9 @@ class SMPSegmenter(SegmentationTask):
             image = image[:, 0]
         return super().forward(image)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        view = getattr(getattr(self.trainer, "datamodule", None), "view", None)
+    def check_view(self, view) -> None:
+        """Any view (a multi-view batch is read from view 0) whose side the encoder divides."""
+        super().check_view(view)
         size = getattr(view, "size", None)
         if isinstance(size, int) and size % self.output_stride:
             raise InputError(
@@ -168,14 +169,12 @@ class SMPSegmenter(SegmentationTask):
                 f"{self.output_stride}; the data's view size is {size}",
             )
 
-    def configure_optimizers(self):
+    def lr_schedule(self, optimizer) -> dict | None:
+        """MultiStepLR over epochs; the optimizer is the base's Adam (from ``lr`` and
+        ``weight_decay``: the class has no ``optimizer`` argument)."""
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         milestones = [15] if hp.lr_milestones is None else list(hp.lr_milestones)
         if not milestones:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.lr_gamma)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+            return None
+        scheduler = milestone_decay(optimizer, milestones, hp.lr_gamma)
+        return {"scheduler": scheduler, "interval": "epoch"}

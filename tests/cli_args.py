@@ -47,12 +47,12 @@ def experiment_args(
     ]  # fmt: skip
 
 
-def short_train(test_batches: int = 2) -> list[str]:
+def short_train(test_batches: int = 2, train_batches: int = 2) -> list[str]:
     """One epoch of 2 training batches, 1 validation batch, no sanity check: the whole `train`
     path (fit, test, report) in seconds."""
     return [
         "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2",
+        "--trainer.limit_train_batches", str(train_batches),
         "--trainer.limit_val_batches", "1",
         "--trainer.limit_test_batches", str(test_batches),
         "--trainer.num_sanity_val_steps", "0",

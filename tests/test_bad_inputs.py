@@ -16,7 +16,8 @@ import pytest
 from make_bad_corpus import CASES, make_corpus
 
 from lightning_modules.cli.config_errors import explain
-from tests.cli_args import wsiseg_command
+from lightning_modules.cli.main import main
+from tests.cli_args import experiment_args, wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -125,16 +126,13 @@ def test_refused_by_fit(name, slide, labels, suffix, corpus, tmp_path):
     data.mkdir()
     shutil.copy(corpus[slide], data / "s.svs")  # the folder's default slide glob
     shutil.copy(corpus[labels], data / f"s{suffix}")
-    r = wsiseg(
-        "fit",
-        *("--config", EXPERIMENTS / "dmmn_s2.yaml", "--config", EXPERIMENTS / "trainer/cpu.yaml"),
-        *("--config", TINY, "--data.init_args.root", data),
+    extra = (
         *("--data.init_args.label_suffix", suffix, "--data.init_args.labels", "annotations"),
         *("--data.init_args.val_fraction", "0", "--data.init_args.test_fraction", "0"),
-        *("--trainer.default_root_dir", out, "--trainer.logger.init_args.save_dir", out),
         *("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"),
-        cwd=tmp_path,
     )
+    r = wsiseg(*experiment_args("fit", "dmmn_s2", data, out, tiny="tiny.yaml", extra=extra),
+               cwd=tmp_path)  # fmt: skip
     # Lightning may log its setup lines first; the error is the last line and the only one
     last = r.stderr.strip().splitlines()[-1:] or [""]
     named = "s.svs" if name == slide else f"s{suffix}"  # the copy, named as the folder wants
@@ -166,3 +164,34 @@ def test_config_error_names_the_file(message, args, want, tmp_path):
     path, text = explain(message, args, ["trainer.max_epochs", "data"])
     assert "\n" not in text and want[1] in text
     assert (path.name if path else None) == want[0]
+
+
+# ---------------------------------------------------------------------- optimizer names
+@pytest.mark.parametrize(
+    "exp,tiny,bad,allowed",
+    [
+        ("dmmn_s2", "tiny.yaml", "rmsprop", "'sgd', 'adam'"),
+        ("refinenet_r50_single", "tiny_refinenet.yaml", "adamw", "'sgd', 'adam'"),
+        ("razn", "razn_tiny.yaml", "sgd", "'adam'"),
+        ("razn_scale1", "razn_tiny.yaml", "sgd", "'adam'"),
+    ],
+)
+@pytest.mark.parametrize("where", ["command line", "overlay"])
+def test_unknown_optimizer_is_a_config_error(exp, tiny, bad, allowed, where, tmp_path, capsys):
+    """An optimizer the method does not train with fails while the config is read (the type is
+    a Literal), in one line that names the value and, from a YAML, that file."""
+    overlay = tmp_path / "bad_optimizer.yaml"
+    overlay.write_text(f"model:\n  init_args:\n    optimizer: {bad}\n")
+    on_line = where == "command line"
+    argv = experiment_args(
+        "fit", exp, tmp_path / "no_data", tmp_path / "out", tiny=tiny,
+        overlays=() if on_line else (overlay,),
+        extra=("--model.init_args.optimizer", bad) if on_line else (),
+    )  # fmt: skip
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("wsiseg fit: error: ")
+    assert f"Got value: {bad}" in err[0] and f"Literal[{allowed}]" in err[0]
+    assert ("bad_optimizer.yaml" in err[0]) is not on_line
+    assert not (tmp_path / "out").exists()  # nothing ran

@@ -15,6 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import InputError
+from datamodules.views.dual import DualInputView
+from datamodules.views.single import SingleView
+from datamodules.views.zoom import ZoomView
 from lightning_modules.base import SegmentationTask
 from lightning_modules.metrics import scores
 from lightning_modules.outputs.overlays import blend, colorize, overlay_panel, save_png
@@ -143,7 +146,10 @@ def test_fit_and_test_log_scores_and_write_overlays(tmp_path):
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     logged = [r["val/miou"] for r in rows if r.get("val/miou")]
-    assert len(logged) == 1 and 0.0 <= float(logged[0]) <= 1.0
+    # the end-of-fit weights scored the (whole, two-batch) validation set once
+    val_cm = confusion_by_hand(task, data.val_dataloader(), 4)
+    val_miou = scores(val_cm, task.class_names, ordinal=True)["miou"]
+    assert len(logged) == 1 and float(logged[0]) == pytest.approx(val_miou, abs=1e-6)
     assert len([r for r in rows if r.get("train/loss")]) == 2  # one per training step
     assert task.val_scores["miou"] == pytest.approx(float(logged[0]))
 
@@ -209,6 +215,69 @@ def test_class_map_must_match_num_classes():
         TinyTask(num_classes=3, class_map="bach")
     with pytest.raises(InputError, match="unknown class map"):
         TinyTask(num_classes=3, class_map="no_such_map")
+
+
+class ConfiguredTask(SegmentationTask):
+    """The base's optimizer (from the arguments) and view check, with a two-part net."""
+
+    def __init__(
+        self,
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        head_lr: float = 0.5,
+    ):
+        super().__init__(num_classes=2)
+
+    def configure_models(self):
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1))
+
+    def parameter_groups(self):
+        return [
+            {"params": self.net[0].parameters()},
+            {"params": self.net[1].parameters(), "lr": self.hparams.head_lr},
+        ]
+
+    def view_types(self):
+        return (SingleView,)
+
+    def view_counts(self):
+        return (1,)
+
+
+def test_optimizer_from_the_arguments():
+    sgd = ConfiguredTask().configure_optimizers()
+    assert isinstance(sgd, torch.optim.SGD)
+    assert [g["lr"] for g in sgd.param_groups] == [0.1, 0.5]
+    assert {(g["momentum"], g["weight_decay"]) for g in sgd.param_groups} == {(0.9, 1e-4)}
+    adam = ConfiguredTask(optimizer="adam", weight_decay=0.0).configure_optimizers()
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["weight_decay"] == 0.0
+    assert TinyTask(lr=0.1).optimizer_settings().name == "adam"  # no optimizer argument: Adam
+    bad = "ConfiguredTask trains with SGD or Adam: optimizer must be 'sgd', 'adam', got 'rmsprop'"
+    with pytest.raises(InputError, match=bad):
+        ConfiguredTask(optimizer="rmsprop")  # at construction, not when fitting starts
+    with pytest.raises(InputError, match="lr must be > 0, got 0"):
+        ConfiguredTask(lr=0)
+    with pytest.raises(InputError, match="weight_decay must be >= 0"):
+        ConfiguredTask(weight_decay=-1.0)
+
+
+def test_view_check_in_setup(tmp_path):
+    task = ConfiguredTask()
+    task.check_view(SingleView(size=16))
+    counts = "ConfiguredTask takes 1 image input.s. but the data view DualInputView gives 2"
+    with pytest.raises(InputError, match=counts + "; use datamodules.views.single.SingleView"):
+        task.check_view(DualInputView())
+    types = "reads datamodules.views.single.SingleView batches, not the data view ZoomView"
+    with pytest.raises(InputError, match=types):
+        task.check_view(ZoomView())
+    data = RandomData(2)
+    data.view = DualInputView()
+    t = trainer(tmp_path, False)
+    with pytest.raises(InputError, match="DualInputView gives 2"):
+        t.fit(task, datamodule=data)
+    assert t.global_step == 0  # refused in setup, before any step
 
 
 def test_colorize_and_blend():

@@ -1,12 +1,14 @@
 """The `wsiseg` command: help, info, and one-line errors without tracebacks."""
 
+import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+
+from tests.cli_args import wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / ".." / "shared" / "data" / "real"
@@ -14,12 +16,14 @@ needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real n
 
 
 def wsiseg(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "lightning_modules.cli.main", *map(str, args)],
+        [*wsiseg_command(), *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=300,
+        env=env,
     )
 
 

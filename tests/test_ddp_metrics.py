@@ -27,11 +27,9 @@ from torch.utils.data import DataLoader
 from datamodules.errors import InputError
 from datamodules.sampling.eval_sampler import EvalShardSampler
 from datamodules.synthetic.generator import ensure_dataset
-from tests.cli_args import wsiseg_command
+from tests.cli_args import experiment_args, wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
-CONF = ROOT / "tests" / "conf"
 N_VAL = 5  # odd: two ranks cannot share it evenly without padding
 REFINENET_SHRINK = ["--model.init_args.width", "0.125", "--model.init_args.rcu_blocks", "1"]
 #: experiment -> (tiny overlay, extra options, data fixture); one experiment per family
@@ -116,18 +114,13 @@ def wsiseg(argv: list[str], dump: Path, cwd: Path) -> subprocess.CompletedProces
 
 def run_args(command: str, exp: str, trainer: str, data: Path, out: Path) -> list[str]:
     tiny, extra, _ = FAMILIES[exp]
-    configs = [EXPERIMENTS / f"{exp}.yaml", EXPERIMENTS / "trainer" / f"{trainer}.yaml"]
-    return [
-        command,
-        *[a for path in [*configs, CONF / tiny] for a in ("--config", str(path))],
+    extra = (
         *extra,
-        "--data.init_args.root", str(data),
         "--data.init_args.max_patches", f"[4, {N_VAL}, 2]",
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out),
         "--trainer.num_sanity_val_steps", "0",
         "--trainer.callbacks+=tests.test_ddp_metrics.DumpVal",
-    ]  # fmt: skip
+    )  # fmt: skip
+    return experiment_args(command, exp, data, out, tiny=tiny, trainer=trainer, extra=extra)
 
 
 def read_ranks(dump: Path) -> list[dict]:

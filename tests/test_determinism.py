@@ -16,9 +16,9 @@ import torch
 
 from datamodules.sampling.train_order import EpochSampler, epoch_order, resume_offset
 from lightning_modules.cli.lightning_cli import run_lightning
+from tests.cli_args import experiment_args
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
 
 
 class Recorder(pl.Callback):
@@ -51,18 +51,8 @@ def fit_once(data: Path, out: Path, seed: int) -> list[dict]:
         "  callbacks:\n    - class_path: tests.test_determinism.Recorder\n"
         f"      init_args: {{path: '{record}'}}\n"
     )
-    configs = [EXPERIMENTS / "dmmn_s2.yaml", EXPERIMENTS / "trainer" / "cpu.yaml"]
-    configs += [ROOT / "tests" / "conf" / "tiny.yaml", overlay]
-    run_lightning(
-        [
-            "fit",
-            *[a for c in configs for a in ("--config", str(c))],
-            "--seed_everything", str(seed),
-            "--data.init_args.root", str(data),
-            "--trainer.default_root_dir", str(out),
-            "--trainer.logger.init_args.save_dir", str(out),
-        ]
-    )  # fmt: skip
+    extra = ("--config", str(overlay), "--seed_everything", str(seed))  # after tiny.yaml
+    run_lightning(experiment_args("fit", "dmmn_s2", data, out, tiny="tiny.yaml", extra=extra))
     return json.loads(record.read_text())
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from lightning_modules.cli.main import main
 from tests.cli_args import experiment_args, short_train, wsiseg_command
+from tests.score_checks import miou_by_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ["s2", "ms", "m2s", "m3"]
@@ -58,7 +59,7 @@ def test_train_writes_results(synthetic_root, out, capsys):
     assert result["hparams"]["width"] == 0.125  # tiny.yaml comes after the schedule overlay
     assert result["schedule"].startswith("CPU budget")
     assert result["hparams"]["optimizer"] == "adam"  # from the schedule overlay
-    assert 0.0 <= result["scores"]["miou"] <= 1.0
+    assert result["scores"]["miou"] == pytest.approx(miou_by_hand(result["confusion"]))
     assert result["best_checkpoint"] and Path(result["best_checkpoint"]).is_file()
     assert len(result["confusion"]) == 4 and sum(map(sum, result["confusion"])) > 0
     assert (run / "config.yaml").is_file()  # LightningCLI saved the resolved config

@@ -23,25 +23,18 @@ import torch
 from lightning_modules.callbacks.divergence import TrainingDiverged
 from lightning_modules.outputs import mask_writer
 from lightning_modules.outputs.mask_writer import MaskTiffWriter
-from tests.cli_args import wsiseg_command
+from tests.cli_args import experiment_args, wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 
 
 def fit(exp: str, tiny: str, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = wsiseg_command()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    argv = [
-        "fit",
-        *("--config", EXPERIMENTS / f"{exp}.yaml", "--config", EXPERIMENTS / "trainer/cpu.yaml"),
-        *("--config", ROOT / "tests" / "conf" / tiny, "--data.init_args.root", data),
-        *("--trainer.default_root_dir", out, "--trainer.logger.init_args.save_dir", out),
-        *("--trainer.num_sanity_val_steps", "0", "--trainer.limit_val_batches", "1"),
-        *extra,
-    ]
+    limits = ("--trainer.num_sanity_val_steps", "0", "--trainer.limit_val_batches", "1")
+    argv = experiment_args("fit", exp, data, out, tiny=tiny, extra=(*limits, *map(str, extra)))
     return subprocess.run(
-        [*cmd, *map(str, argv)],
+        [*wsiseg_command(), *argv],
         capture_output=True,
         text=True,
         timeout=600,

@@ -13,7 +13,8 @@ from datamodules.errors import InputError
 from datamodules.synthetic.generator import ensure_dataset
 from lightning_modules.cli.main import main
 from lightning_modules.smp_baselines import BinaryAsTwoClass, SMPSegmenter
-from tests.cli_args import experiment_args
+from tests.cli_args import experiment_args, short_train
+from tests.score_checks import iou_by_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPS = ["smp_unet_vgg16", "smp_unet_r34", "smp_fpn_r34"]
@@ -42,13 +43,7 @@ def test_fast_dev_run(exp, data, out, capsys):
 
 @pytest.mark.slow
 def test_train_writes_stroma_iou(data, out, capsys):
-    limits = [
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "1",
-        "--trainer.limit_val_batches", "1",
-        "--trainer.limit_test_batches", "1",
-        "--trainer.num_sanity_val_steps", "0",
-    ]  # fmt: skip
+    limits = short_train(test_batches=1, train_batches=1)
     rc = main([*args("train", "smp_fpn_r34", data, out, schedule="cpu_budget_smp"), *limits])
     printed = capsys.readouterr()
     assert rc == 0, printed.err[-3000:]
@@ -58,7 +53,10 @@ def test_train_writes_stroma_iou(data, out, capsys):
     assert result["method"] == "SMPSegmenter"
     assert result["hparams"]["arch"] == "FPN" and result["hparams"]["mode"] == "binary"
     assert result["hparams"]["lr"] == 1e-3 and result["hparams"]["lr_milestones"] == [4]
-    assert 0.0 <= result["scores"]["iou/stroma"] <= 1.0
+    stroma = result["class_names"].index("stroma")
+    assert result["scores"]["iou/stroma"] == pytest.approx(
+        iou_by_hand(result["confusion"], [stroma])
+    )
     assert Path(result["best_checkpoint"]).name.startswith("epoch000-iou")  # val/iou/stroma
     assert "| stroma |" in (run / "results.md").read_text()
     config = (run / "config.yaml").read_text()

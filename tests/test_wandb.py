@@ -2,10 +2,10 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from lightning_modules.cli.loggers import describe_run, has_api_key
+from tests.cli_args import experiment_args, short_train, wsiseg_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,33 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_offline_run_without_key(tmp_path, synthetic_root):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path), WANDB_SILENT="true")  # no ~/.netrc, so no API key
-    cmd = [
-        sys.executable,
-        "-m",
-        "lightning_modules.cli.main",
-        "train",
-        "--config",
-        ROOT / "experiments/dmmn_s2.yaml",
-        "--config",
-        ROOT / "experiments/trainer/cpu.yaml",
-        "--config",
-        ROOT / "tests/conf/tiny.yaml",
-        "--config",
-        ROOT / "experiments/logger/wandb.yaml",
-        "--data.init_args.root",
-        synthetic_root,
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
-        "1",
-        "--trainer.limit_val_batches",
-        "1",
-        "--trainer.limit_test_batches",
-        "1",
-    ]
+    env["PYTHONPATH"] = str(ROOT)
+    argv = experiment_args(
+        "train", "dmmn_s2", synthetic_root, tmp_path / "runs", tiny="tiny.yaml",
+        overlays=("logger/wandb.yaml",), extra=tuple(short_train(1, train_batches=1)),
+    )  # fmt: skip
     r = subprocess.run(
-        list(map(str, cmd)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
+        [*wsiseg_command(), *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "wandb: offline (no API key)" in r.stdout and "wandb sync" in r.stdout
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -89,14 +89,21 @@ def explain(message: str, args: list[str], known: list[str]) -> tuple[Path | Non
         if ("not accepted" in line or line.startswith(("Expected", "Given value:")))
         and "NoneType" not in line
     ]
-    text = "; ".join(dict.fromkeys([lines[0].rstrip(":") if lines else message, *detail]))
-    parser_key = re.search(r'Parser key "([^"]+)"', message)
+    if any("Got value:" in line for line in detail):  # the bad value itself is named already
+        detail = [line for line in detail if not line.startswith("Given value:")]
+    # nested parsers (a class's init_args) name their key in steps: "model", then "optimizer"
+    parser_keys = re.findall(r'Parser key "([^"]+)"', message)
+    first = lines[0].rstrip(":") if lines else message
+    if len(parser_keys) > 1:
+        first = f'Parser key "{".".join(parser_keys)}"'
+    text = "; ".join(dict.fromkeys([first, *detail]))
     option = re.findall(r"(?:does not accept option|Option) '([^']+)'", message)
-    key = ".".join(k for k in (parser_key and parser_key.group(1), option and option[-1]) if k)
+    key = ".".join([*parser_keys, *option[-1:]])
     if option:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
         if close and close[0] != key:
             text += f" (did you mean {close[0]!r}?)"
-    on_command_line = any(a == f"--{key}" or a.startswith(f"--{key}=") for a in args)
+    given = [a.replace(".init_args.", ".") for a in args]
+    on_command_line = any(a == f"--{key}" or a.startswith(f"--{key}=") for a in given)
     path = defining_file(key, files) if key and not on_command_line else None
     return path, text if path else f"{text} (see `wsiseg {command} --help`)"

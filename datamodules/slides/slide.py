@@ -341,9 +341,9 @@ def _near_integer_box(location, factor, ds: float, size) -> tuple[int, int] | No
 
     The read is a copy if the level's downsample were `factor` (level-0 px per output pixel):
     scale 1, whole-pixel offset. The true output pixel j centre then lies ``e_j`` level pixels
-    from copied pixel x0 + j, ``e_j`` linear in j; the copy is taken when
-    |e_j| <= NEAR_INTEGER_SHIFT
-    at both ends, for x and y. Exact downsamples give e = 0 and are handled as before.
+    from copied pixel x0 + j, ``e_j`` linear in j; the copy is taken when |e_j| <=
+    NEAR_INTEGER_SHIFT at both ends, for x and y (worst-case shift: 0.5 output px).
+    Exact downsamples give e = 0 and are handled as before.
     """
     corner = []
     for loc, f, n in zip(location, factor, size, strict=True):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.labels.classmaps import IGNORE
 from datamodules.sampling.balancing import _elasticdeform, control_grid, elastic_deform
 from datamodules.sampling.elastic_torch import (
     deform_batch,
@@ -84,3 +85,41 @@ def test_batched_equals_one_by_one_and_is_deterministic(field):
     # zero displacement is the identity, borders included
     ident, ident_lab = deform_batch(imgs, labs, torch.zeros_like(grids))
     assert torch.equal(ident, imgs) and torch.equal(ident_lab, labs)
+
+
+def _balanced(root, **kw):
+    from datamodules.wsi import WSIDataModule
+
+    dm = WSIDataModule(
+        root=str(root), balance_rates=[1, 4, 1, 1], class_order=[1, 3, 2, 0], num_workers=0, **kw
+    )
+    dm.setup()
+    return dm
+
+
+def test_device_copies_match_the_loader_path(synthetic_root, capsys):
+    """Copies deformed in the step (`deform_on_device`) are the loader's copies: same grid, same
+    labels; views within 1 grey level (block means round half up, cv2's INTER_AREA not always)."""
+    from datamodules.datasets import collate
+    from datamodules.sampling.elastic_torch import deform_on_device
+
+    cpu = _balanced(synthetic_root, augment=False).datasets["train"]
+    dev = _balanced(synthetic_root, augment=False, deform_on_device=True).datasets["train"]
+    capsys.readouterr()
+    copies = [i for i, e in enumerate(cpu.entries) if e[3]][:3]
+    items = [0, *copies]  # entry 0 is as is
+    assert not cpu.entries[0][3] and len(copies) == 3
+    batch = collate([dev[i] for i in items])
+    assert batch["deform"]["index"].tolist() == [1, 2, 3]
+    assert batch["deform"]["field"].shape == (3, 3, 1024, 1024)
+    assert (batch["label"][1:] == IGNORE).all()  # placeholders until the step
+    done = deform_on_device(batch)
+    ref = collate([cpu[i] for i in items])
+    assert "deform" not in done and "deform" not in ref
+    assert torch.equal(done["label"], ref["label"])
+    assert torch.equal(done["image"][:, 0], ref["image"][:, 0])  # the 20x view: no averaging
+    diff = (done["image"].int() - ref["image"].int()).abs()
+    assert diff.max() <= 1 and diff.float().mean() < 0.1
+    # ... and they are deformed: the same patch as is has other labels
+    as_is = cpu.entries.index((*cpu.entries[copies[0]][:3], False))
+    assert not torch.equal(done["label"][1], cpu[as_is]["label"])

@@ -127,3 +127,40 @@ def deform_field(
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
     out, lab = deform_batch(img, torch.from_numpy(np.ascontiguousarray(label))[None], grid)
     return out[0].permute(1, 2, 0).contiguous().numpy(), lab[0].numpy()
+
+
+def cut_views(
+    fields: torch.Tensor, labels: torch.Tensor, size: int, scales: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`MultiMagView.cut` on a batch: (B, 3, n, n) fields -> (B, V, 3, size, size) views (the
+    centre ``size·s``² of the field, block-averaged by s) and the (B, size, size) centre labels."""
+    n = fields.shape[-1]
+    views = []
+    for s in scales:
+        lo = (n - size * s) // 2
+        crop = fields[..., lo : lo + size * s, lo : lo + size * s]
+        if s > 1:
+            crop = F.avg_pool2d(crop.float(), s).add_(0.5).to(fields.dtype)  # round half up
+        views.append(crop)
+    lo = (n - size) // 2
+    return torch.stack(views, dim=1), labels[:, lo : lo + size, lo : lo + size]
+
+
+def deform_on_device(batch: dict) -> dict:
+    """Finish a batch's deformed copies where the batch now is (the GPU, in the training step).
+
+    `datasets.collate` puts them under ``batch["deform"]``: their (augmented) whole fields,
+    labels, control grids, batch positions and the view's scales; their ``image`` and ``label``
+    entries are placeholders, replaced here by the views cut from the deformed fields.
+    """
+    copies = batch.pop("deform", None)
+    if copies is None:
+        return batch
+    fields, labels = deform_batch(copies["field"], copies["field_label"], copies["grid"])
+    image = batch["image"]
+    size = image.shape[-1]
+    views, target = cut_views(fields, labels, size, copies["scales"][0].tolist())
+    index = copies["index"].to(image.device)
+    batch["image"][index] = views if image.ndim == 5 else views[:, 0]
+    batch["label"][index] = target.to(batch["label"].dtype)
+    return batch

@@ -27,6 +27,7 @@ from datamodules.sampling.balancing import (
     expected_counts_after_balancing,
     format_counts,
 )
+from datamodules.sampling.elastic_torch import deform_on_device
 from datamodules.sampling.eval_sampler import EvalShardSampler
 from datamodules.sampling.grid import grid_index
 from datamodules.sampling.train_order import EpochSampler, resume_offset
@@ -58,9 +59,8 @@ class WSIDataModule(pl.LightningDataModule):
         class_order: highest-order class first; decides a patch's class for balancing.
         balance_deform: elastically deform the extra copies (the paper); False repeats them
             as they are (only augmentation differs): ~10x cheaper, for CPU-budget runs.
-        deform_on_device: deform the copies in the training step, where the batch is (the
-            GPU), instead of in the loader's workers (the method must call
-            `elastic_torch.deform_on_device` in ``on_after_batch_transfer``, as DMMN does).
+        deform_on_device: deform the copies where the batch is (the GPU), after the transfer
+            (`on_after_batch_transfer`), instead of in the loader's workers.
         augment: rotations, flips, brightness/contrast/colour jitter on the training split.
         max_patches: per split cap (train, val, test); training draws a fresh random subset
             of the balanced patches each epoch, val/test use one fixed seeded subset; None = all.
@@ -302,6 +302,10 @@ class WSIDataModule(pl.LightningDataModule):
         if trainer is None:
             return None
         return resume_offset(trainer)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Class-balancing copies the loader left to the device (``deform_on_device``)."""
+        return deform_on_device(batch) if isinstance(batch, dict) else batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

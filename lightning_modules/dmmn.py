@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from datamodules.sampling.elastic_torch import deform_on_device
 from lightning_modules.base import SegmentationTask
 from lightning_modules.losses import WeightedCrossEntropy, dmmn_class_weights
 from lightning_modules.nets.dmmn import build_dmmn
@@ -64,10 +63,6 @@ class DMMN(SegmentationTask):
             self.criterion = WeightedCrossEntropy(weights, self.ignore_index)
         else:
             self.criterion = WeightedCrossEntropy.uniform(hp.num_classes, self.ignore_index)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Class-balancing copies the loader left to the device (``deform_on_device``)."""
-        return deform_on_device(batch) if isinstance(batch, dict) else batch
 
     def on_fit_start(self) -> None:
         """Weights from the training pixel counts (after balancing), unless given explicitly."""

@@ -29,6 +29,19 @@ FAMILIES = {
 }
 
 
+def training_sets(folder: Path, small: bool = False, workers: int = 1) -> dict[str, Path]:
+    """The BACH-style ("dmmn") and TIGER-style ("tiger") synthetic training sets, 3 slides each
+    (made once, reused): 4096² and 2048², or 1024² both when `small`."""
+    from datamodules.synthetic.generator import ensure_dataset
+
+    size, tiger = (1024, 1024) if small else (4096, 2048)
+    common = {"workers": workers, "progress": False, "seed": 0, "splits": (1, 1, 1)}
+    roots = {"dmmn": folder / "train", "tiger": folder / "train_tiger"}
+    ensure_dataset(roots["dmmn"], n_slides=3, size=size, **common)
+    ensure_dataset(roots["tiger"], n_slides=3, size=tiger, layout="tiger", **common)
+    return roots
+
+
 def quiet() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -148,3 +161,70 @@ def gflops_per_sample(model, data) -> float:
     with torch.no_grad(), counter:
         model.batch_logits(batch)
     return counter.get_total_flops() / 1e9
+
+
+#: assumed sustained bf16 rate of one current GPU for the FLOP-based estimate (an H100/H200's
+#: dense bf16 peak is ~990 TFLOP/s; convolutional training typically sustains 30-40 % of it)
+GPU_TFLOPS = 300.0
+CPU_ARGS = ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2",
+            "--data.init_args.synthesize", "false"]  # fmt: skip
+
+
+def _loader_only(family: str, root: Path, args: list[str], n: int) -> tuple[float, float]:
+    _, data = build(family, root, [*CPU_ARGS, *args])
+    return loader_rate(data, n)
+
+
+def run(
+    roots: dict[str, Path], n: int = 24, train: bool = True
+) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """Rows of the loader table: per family, the loader's samples/s per worker, the training
+    samples/s at paper width on this CPU (batch 2, one timed batch after one), and the workers a
+    GPU would need at its FLOP-estimated training rate. DMMN's loader also with the old
+    elasticdeform warp (the baseline) and with the copies left to the device. Also returns the
+    training samples/s per family."""
+    import datamodules.datasets as datasets
+    from datamodules.sampling.balancing import elastic_deform
+
+    quiet()
+    rows, rates = [], {}
+    saved = datasets.deform_field
+    try:
+        datasets.deform_field = elastic_deform  # the path before elastic_torch
+        old, _ = _loader_only("DMMN-M3", roots["dmmn"], [], n)
+    finally:
+        datasets.deform_field = saved
+    rows.append(("DMMN-M3 loader, elasticdeform copies (baseline)", f"{old:.1f} samples/s = 1.00"))
+    dev, _ = _loader_only(
+        "DMMN-M3", roots["dmmn"], ["--data.init_args.deform_on_device", "true"], n
+    )
+    for family, (_, kind) in FAMILIES.items():
+        model, data = build(family, roots[kind], CPU_ARGS)
+        per_worker, deformed = loader_rate(data, n)
+        name = f"{family} loader" + (f" ({deformed:.0%} deformed copies)" if deformed else "")
+        ratio = f" = {per_worker / old:.2f}" if family == "DMMN-M3" else ""
+        rows.append((f"{name}, per worker", f"{per_worker:.1f} samples/s{ratio}"))
+        if family == "DMMN-M3":
+            rows.append(("DMMN-M3 loader, copies deformed on the device, per worker",
+                         f"{dev:.1f} samples/s = {dev / old:.2f}"))  # fmt: skip
+        flops = gflops_per_sample(model, data)
+        gpu = GPU_TFLOPS * 1e3 / (3 * flops)
+        rows.append(
+            (
+                f"{family} GPU training (estimate: 3 x {flops:.0f} GFLOP/sample at "
+                f"{GPU_TFLOPS:.0f} TFLOP/s)",
+                f"{gpu:.0f} samples/s -> {gpu / per_worker:.0f} loader workers"
+                + (f" ({gpu / dev:.0f} deforming on the device)" if family == "DMMN-M3" else ""),
+            )
+        )
+        if train:
+            rate = train_rate(model, data, 1, warm=1, accelerator="cpu", devices=1)
+            rates[family] = rate["samples_per_second"]
+            rows.append(
+                (
+                    f"{family} training at paper width, this CPU (batch 2)",
+                    f"{rate['samples_per_second']:.3f} samples/s "
+                    f"(one loader worker is {per_worker / rate['samples_per_second']:.0f}x that)",
+                )
+            )
+    return rows, rates

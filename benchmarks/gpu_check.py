@@ -40,13 +40,7 @@ DRY = {
 
 
 def data_roots(args) -> dict[str, Path]:
-    """The BACH-style and TIGER-style synthetic training sets (made once, reused)."""
-    size, tiger = (1024, 1024) if args.dry_run else (4096, 2048)
-    work = {"workers": args.workers, "progress": False, "seed": 0, "splits": (1, 1, 1)}
-    roots = {"dmmn": args.data / "train", "tiger": args.data / "train_tiger"}
-    ensure_dataset(roots["dmmn"], n_slides=3, size=size, **work)
-    ensure_dataset(roots["tiger"], n_slides=3, size=tiger, layout="tiger", **work)
-    return roots
+    return bench_train.training_sets(args.data, small=args.dry_run, workers=args.workers)
 
 
 def family_args(family: str, args) -> list[str]:

@@ -45,3 +45,11 @@ def run(slide_path, repeat: int = 5) -> tuple[list[tuple[str, str]], float]:
         ("torch warp, batch of 8, per field", f"{batched:.3f} s = {batched / ref:.3f}"),
     ]
     return rows, ours
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_deform [SLIDE] (default: make bench's)
+    import sys
+
+    path = sys.argv[1] if len(sys.argv) > 1 else "data/bench/slide_00.tiff"
+    for name, value in run(path)[0]:
+        print(f"| {name} | {value} |")

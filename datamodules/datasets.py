@@ -61,7 +61,7 @@ class PatchDataset(Dataset):
 
     ``deform`` entries are DMMN's class-balancing copies: the whole field is elastically deformed
     with its labels before the magnifications are cut, each copy with its own seeded warp
-    (`elastic_torch.deform_field`: the elasticdeform warp at ~1/14 of its CPU cost). With
+    (`elastic_torch.deform_field`: the elasticdeform warp at <= 1/10 of its CPU cost). With
     ``deform_on_device`` the field is only read and augmented here, and the copy carries it with
     its seeded control grid to the training step (`collate`, `elastic_torch.deform_on_device`).
     """

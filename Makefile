@@ -35,7 +35,7 @@ DATA_CFG := $(if $(DATA),--config experiments/data/$(DATA).yaml,)
 SCHEDULE_CFG := $(if $(filter-out paper,$(SCHEDULE)),--config experiments/schedule/$(SCHEDULE).yaml,)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full data train compare bench lint clean
+.PHONY: help install test test-full data train compare bench gpu-check lint clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [EXP=dmmn_m3] [DATA=...] [TRAINER=cpu|gpu|ddp_cpu] [RESUME=1] [ARGS=...]"
@@ -76,6 +76,9 @@ compare: install ## table + bar plot of finished runs under RUNS (default: runs/
 
 bench: install ## read / decode / whole-slide benchmarks on a 16k² synthetic slide (docs/benchmarks.md)
 	$(PY) -m benchmarks.run
+
+gpu-check: install ## on a GPU machine: each family fits in bf16, DMMN-M3 segments 16k² (<= 6 min); ARGS=--dry-run on a CPU
+	$(PY) -m benchmarks.gpu_check $(ARGS)
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

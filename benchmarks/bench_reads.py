@@ -6,6 +6,7 @@ results from different machines compare. Run through `make bench` (see docs/benc
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -92,4 +93,62 @@ def run(path: Path) -> list[tuple[str, str]]:
     rows.append(
         ("DMMN 1024²-per-256² decode amplification, cache", f"{amp1:.2f} ({t0 / t1:.1f}x faster)")
     )
+    return rows
+
+
+def near_integer_reads(path: Path, n: int = 100, side: int = 256) -> list[tuple[str, str]]:
+    """`side`² reads at 4x of a pyramid whose 4x level has a near-integer downsample
+    (CropBreastSlide.tiff: 4.0023), at random places on the 4x grid, against tiffslide reading
+    the same level box; `Slide.read` with its near-integer copy and with the warp forced (the
+    old path: ``NEAR_INTEGER_SHIFT = -1``). pyvips is compared when it is installed."""
+    import tiffslide
+
+    from datamodules.slides import slide as slide_mod
+
+    slide = Slide(path, mpp=0.5)
+    level = slide.best_level(2.0)
+    w, h = slide.level_dimensions[level]
+    rng = np.random.default_rng(0)
+    xs, ys = rng.integers(0, w - side, n), rng.integers(0, h - side, n)
+    ds = slide.level_downsamples[level]
+    ts = tiffslide.TiffSlide(path)
+
+    def timed(read) -> float:
+        read(int(xs[0]), int(ys[0]))
+        start = time.perf_counter()
+        for x, y in zip(xs, ys, strict=True):
+            read(int(x), int(y))
+        return (time.perf_counter() - start) / n * 1e3
+
+    box = timed(lambda x, y: ts.read_region((math.ceil(x * ds), math.ceil(y * ds)), level,
+                                            (side, side), as_array=True))  # fmt: skip
+    rows = [(f"tiffslide level-{level} box, {side}² (baseline)", f"{box:.2f} ms = 1.00")]
+    try:
+        import pyvips
+
+        def vips(x, y):
+            img = pyvips.Image.new_from_file(str(path), page=level)
+            return img.crop(x, y, side, side).numpy()
+
+        t = timed(vips)
+        rows.append((f"pyvips page {level} crop, {side}²", f"{t:.2f} ms = {t / box:.2f}"))
+    except ImportError:
+        rows.append(("pyvips", "not installed in this environment: not compared"))
+    saved = slide_mod.NEAR_INTEGER_SHIFT
+    for mb, label in ((0, "no cache"), (512, "cache")):
+        _fresh_cache(mb)
+        t = timed(lambda x, y: slide.read((4 * x, 4 * y), (side, side), mpp=2.0))
+        rows.append(
+            (f"Slide.read at 4x, near-integer copy, {label}", f"{t:.2f} ms = {t / box:.2f}")
+        )
+    try:
+        slide_mod.NEAR_INTEGER_SHIFT = -1.0
+        for mb, label in ((0, "no cache"), (512, "cache")):
+            _fresh_cache(mb)
+            t = timed(lambda x, y: slide.read((4 * x, 4 * y), (side, side), mpp=2.0))
+            rows.append(
+                (f"Slide.read at 4x, warped (the old path), {label}", f"{t:.2f} ms = {t / box:.2f}")
+            )
+    finally:
+        slide_mod.NEAR_INTEGER_SHIFT = saved
     return rows

@@ -1,7 +1,9 @@
 """`make bench`: generate (once) a 16k² synthetic slide and print the benchmark tables.
 
-Reads (`bench_reads`) and whole-slide segmentation (`bench_segment`), each against a baseline
-measured in this process. `--quick` segments fewer tiles (about 1 minute less).
+Reads (`bench_reads`, near-integer levels on the real CropBreastSlide.tiff), class-balancing
+deformation (`bench_deform`), loader and training throughput per family (`bench_train`) and
+whole-slide segmentation (`bench_segment`), each against a baseline measured in this process.
+`--quick` segments fewer tiles (about 1 minute less); `--skip-*` leave sections out.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 
 from datamodules.synthetic.generator import ensure_dataset
 
-from . import bench_reads, bench_segment
+from . import bench_deform, bench_reads, bench_segment, bench_train
+
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 
 
 def table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -34,7 +38,12 @@ def main() -> None:
         "--dmmn-tiles", type=int, default=256, help="DMMN-M3 segments this many (0: whole slide)"
     )
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads of this process")
-    p.add_argument("--skip-reads", action="store_true", help="segmentation table only")
+    p.add_argument("--skip-reads", action="store_true", help="no read tables")
+    p.add_argument("--skip-train", action="store_true", help="no deformation / loader tables")
+    p.add_argument(
+        "--skip-fit", action="store_true", help="no paper-width training on this CPU (~4 min)"
+    )
+    p.add_argument("--skip-segment", action="store_true", help="no whole-slide segmentation")
     args = p.parse_args()
     start = time.perf_counter()
     manifest = ensure_dataset(args.data, n_slides=1, size=args.size, splits=(1, 0, 0))
@@ -50,6 +59,29 @@ def main() -> None:
     )
     if not args.skip_reads:
         table("reads", bench_reads.run(slide))
+        crop = REAL / "CropBreastSlide.tiff"
+        if crop.is_file():
+            table(
+                "near-integer level: CropBreastSlide.tiff at 4x (ms per read)",
+                bench_reads.near_integer_reads(crop),
+            )
+    if not args.skip_train:
+        deform_rows, deform_s = bench_deform.run(slide)
+        roots = bench_train.training_sets(Path(args.data))
+        rows, rates = bench_train.run(roots, train=not args.skip_fit)
+        if "DMMN-M3" in rates:
+            step = 1 / rates["DMMN-M3"]
+            deform_rows.append(
+                (
+                    "share of a DMMN-M3 training step (paper width, this CPU), per sample",
+                    f"{deform_s / step:.1%} of {step:.1f} s",
+                )
+            )
+        table("class-balancing deformation (1 torch thread)", deform_rows)
+        table("loader and training throughput per family (1 loader worker = 1 process)", rows)
+    if args.skip_segment:
+        print(f"\ntotal {time.perf_counter() - start:.0f} s")
+        return
     trivial_tiles = 512 if args.quick else None
     dmmn_tiles = 64 if args.quick else (args.dmmn_tiles or None)
     rows = bench_segment.run(slide, Path(args.data) / "work", trivial_tiles, dmmn_tiles)

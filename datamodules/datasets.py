@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from datamodules.sampling.balancing import elastic_deform, item_rng
+from datamodules.labels.classmaps import IGNORE
+from datamodules.sampling.balancing import control_grid, item_rng
+from datamodules.sampling.elastic_torch import deform_field
 from datamodules.slides.slide import Slide
 
 
@@ -58,15 +60,21 @@ class PatchDataset(Dataset):
     """Patches of `sources` at `entries` = (source index, level-0 x, y, deform) through `view`.
 
     ``deform`` entries are DMMN's class-balancing copies: the whole field is elastically deformed
-    with its labels before the magnifications are cut, each copy with its own seeded warp.
+    with its labels before the magnifications are cut, each copy with its own seeded warp
+    (`elastic_torch.deform_field`: the elasticdeform warp at <= 1/10 of its CPU cost). With
+    ``deform_on_device`` the field is only read and augmented here, and the copy carries it with
+    its seeded control grid to the training step (`collate`, `elastic_torch.deform_on_device`).
     """
 
-    def __init__(self, sources, entries, view, transform=None, seed: int = 0):
+    def __init__(
+        self, sources, entries, view, transform=None, seed: int = 0, deform_on_device=False
+    ):
         self.sources = list(sources)
         self.entries = list(entries)
         self.view = view
         self.transform = transform
         self.seed = seed
+        self.deform_on_device = deform_on_device
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -76,7 +84,9 @@ class PatchDataset(Dataset):
         src = self.sources[s]
         if deform:
             field, field_labels = self.view.read_field(src.slide, src.labels, (x, y))
-            field, field_labels = elastic_deform(field, field_labels, item_rng(self.seed, i))
+            if self.deform_on_device:
+                return self._device_copy(i, src.name, x, y, field, field_labels)
+            field, field_labels = deform_field(field, field_labels, item_rng(self.seed, i))
             views, label, extra = (*self.view.cut(field, field_labels), {})
         else:
             views, label, *rest = self.view.read(src.slide, src.labels, (x, y))
@@ -96,15 +106,54 @@ class PatchDataset(Dataset):
             sample[name] = t.permute(2, 0, 1) if t.ndim == 3 else t.long()
         return sample
 
-    def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict | None = None):
-        """(views, label), or (views, label, extra) when extra arrays are given."""
-        more = {f"image{i}": views[i] for i in range(1, len(views))}
+    def _device_copy(self, i, name, x, y, field, field_labels) -> dict:
+        """A deformed copy to finish on the device: the field augmented as a whole (rotations
+        and flips commute with the centred cut; a rotated grid is as likely as the grid), the
+        control grid drawn as the CPU path draws it, placeholder views and label."""
+        if self.transform is not None:
+            self._seed_transform()
+            out = self.transform(image=field, mask=field_labels)
+            field, field_labels = out["image"], out["mask"]
+        n, views = self.view.size, self.view.num_views
+        image = torch.zeros((views, 3, n, n) if views > 1 else (3, n, n), dtype=torch.uint8)
+        return {
+            "image": image,
+            "label": torch.full((n, n), IGNORE, dtype=torch.long),
+            "meta": {"slide": name, "x": float(x), "y": float(y)},
+            "field": torch.from_numpy(np.ascontiguousarray(field)).permute(2, 0, 1),
+            "field_label": torch.from_numpy(np.ascontiguousarray(field_labels)),
+            "grid": torch.from_numpy(control_grid(item_rng(self.seed, i))).float(),
+            "scales": torch.tensor(self.view.scales),
+        }
+
+    def _seed_transform(self) -> None:
         # albumentations draws from OS entropy unless seeded: seed it from torch's generator,
         # which seed_everything (and Lightning's worker_init_fn in workers) makes reproducible.
         if hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
+
+    def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict | None = None):
+        """(views, label), or (views, label, extra) when extra arrays are given."""
+        more = {f"image{i}": views[i] for i in range(1, len(views))}
+        self._seed_transform()
         out = self.transform(image=views[0], mask=label, **more, **(extra or {}))
         stacked = [out["image"]] + [out[f"image{i}"] for i in range(1, len(views))]
         if extra is None:
             return np.stack(stacked), out["mask"]
         return np.stack(stacked), out["mask"], {k: out[k] for k in extra}
+
+
+DEVICE_COPY_KEYS = ("field", "field_label", "grid", "scales")
+
+
+def collate(samples: list[dict]) -> dict:
+    """`default_collate`, with the copies to deform on the device gathered under ``"deform"``
+    (their batch positions as ``index``); batches without any have no ``"deform"``."""
+    index = [k for k, s in enumerate(samples) if "field" in s]
+    if not index:
+        return default_collate(samples)
+    plain = [{k: v for k, v in s.items() if k not in DEVICE_COPY_KEYS} for s in samples]
+    batch = default_collate(plain)
+    copies = default_collate([{key: samples[k][key] for key in DEVICE_COPY_KEYS} for k in index])
+    batch["deform"] = {"index": torch.tensor(index), **copies}
+    return batch

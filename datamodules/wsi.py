@@ -18,7 +18,7 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from datamodules.datasets import PatchDataset, SlideSource, augmentation
+from datamodules.datasets import PatchDataset, SlideSource, augmentation, collate
 from datamodules.errors import InputError
 from datamodules.labels.classmaps import load_class_map
 from datamodules.labels.sources import MaskLabels, open_labels
@@ -27,6 +27,7 @@ from datamodules.sampling.balancing import (
     expected_counts_after_balancing,
     format_counts,
 )
+from datamodules.sampling.elastic_torch import deform_on_device
 from datamodules.sampling.eval_sampler import EvalShardSampler
 from datamodules.sampling.grid import grid_index
 from datamodules.sampling.train_order import EpochSampler, resume_offset
@@ -58,6 +59,8 @@ class WSIDataModule(pl.LightningDataModule):
         class_order: highest-order class first; decides a patch's class for balancing.
         balance_deform: elastically deform the extra copies (the paper); False repeats them
             as they are (only augmentation differs): ~10x cheaper, for CPU-budget runs.
+        deform_on_device: deform the copies where the batch is (the GPU), after the transfer
+            (`on_after_batch_transfer`), instead of in the loader's workers.
         augment: rotations, flips, brightness/contrast/colour jitter on the training split.
         max_patches: per split cap (train, val, test); training draws a fresh random subset
             of the balanced patches each epoch, val/test use one fixed seeded subset; None = all.
@@ -80,6 +83,7 @@ class WSIDataModule(pl.LightningDataModule):
         balance_rates: list[int] | None = None,
         class_order: list[int] | None = None,
         balance_deform: bool = True,
+        deform_on_device: bool = False,
         augment: bool = True,
         max_patches: tuple[int | None, int | None, int | None] = (None, None, None),
         batch_size: int = 8,
@@ -185,7 +189,12 @@ class WSIDataModule(pl.LightningDataModule):
                 else None
             )
             self.datasets[split] = PatchDataset(
-                sources, entries, self.view, transform, seed=hp.seed
+                sources,
+                entries,
+                self.view,
+                transform,
+                seed=hp.seed,
+                deform_on_device=hp.deform_on_device and split == "train",
             )
 
     def slide_patches(self, i: int, src: SlideSource) -> tuple[list, list]:
@@ -267,6 +276,7 @@ class WSIDataModule(pl.LightningDataModule):
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             drop_last=False,
+            collate_fn=collate,
         )
 
     def _train_sampler(self, dataset) -> EpochSampler:
@@ -292,6 +302,10 @@ class WSIDataModule(pl.LightningDataModule):
         if trainer is None:
             return None
         return resume_offset(trainer)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Class-balancing copies the loader left to the device (``deform_on_device``)."""
+        return deform_on_device(batch) if isinstance(batch, dict) else batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -65,6 +65,38 @@ def test_pyramid_and_flat_tiff_agree(mpp, level):
     assert np.abs(a - b).mean() < 5  # a one-pixel shift gives ~15
 
 
+@needs_real
+def test_near_integer_level_is_copied_not_warped():
+    """CropBreast's 4x level has downsample 4.0023: a 256² read at 4x is its level box exactly,
+    as tiffslide reads it; a read whose drift exceeds NEAR_INTEGER_SHIFT (0.5 px) still warps."""
+    import math
+
+    import tiffslide
+
+    from datamodules.slides.slide import NEAR_INTEGER_SHIFT, _near_integer_box
+
+    path = REAL / "CropBreastSlide.tiff"
+    s, ts = Slide(path, mpp=0.5), tiffslide.TiffSlide(path)
+    ds = s.level_downsamples[2]
+    assert ds == pytest.approx(4.0023, abs=1e-4) and NEAR_INTEGER_SHIFT == 0.5
+    for x, y in ((400, 300), (1000, 500), (0, 0)):
+        got = s.read((x, y), (240, 200), mpp=2.0)
+        loc = (math.ceil(x // 4 * ds - 1e-9), math.ceil(y // 4 * ds - 1e-9))
+        box = ts.read_region(loc, 2, (240, 200), as_array=True)[..., :3]
+        assert np.array_equal(got, box)
+    # 1000 px at 2x from level 1 (downsample 2.0011) drifts 0.55 px over the output: warped
+    ds1 = s.level_downsamples[1]
+    assert 1000 * (1 - 2 / ds1) > NEAR_INTEGER_SHIFT
+    assert _near_integer_box((0, 0), (2.0, 2.0), ds1, (1000, 600)) is None
+    assert _near_integer_box((0, 0), (2.0, 2.0), ds1, (400, 400)) == (0, 0)
+    wide = s.read((0, 0), (1000, 600), mpp=1.0)
+    box1 = ts.read_region((0, 0), 1, (1000, 600), as_array=True)[..., :3]
+    assert not np.array_equal(wide, box1)
+    assert np.abs(wide.astype(int) - box1).mean() < 5  # the same place, resampled
+    # off the nominal grid (x = 401 is not a multiple of 4): warped, as at an exact level
+    assert _near_integer_box((401, 300), (4.0, 4.0), ds, (240, 200)) is None
+
+
 def _pyramid(tmp_path, base):
     levels = [base]
     for _ in range(3):

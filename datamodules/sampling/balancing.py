@@ -52,6 +52,15 @@ def item_rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
 
 
+def control_grid(rng: RngLike, points: int = GRID_POINTS, sigma: float = GRID_SIGMA) -> np.ndarray:
+    """One copy's (2, points, points) control displacements ~ N(0, sigma²), in pixels; the
+    elasticdeform path and the torch one (`elastic_torch`) draw them here, so a seed means the
+    same deformation in both."""
+    if not isinstance(rng, np.random.Generator | np.random.RandomState):
+        rng = np.random.default_rng(rng)
+    return rng.standard_normal((2, points, points)) * float(sigma)
+
+
 def elastic_deform(
     image: np.ndarray,
     label: np.ndarray,
@@ -78,9 +87,7 @@ def elastic_deform(
             f"label must be (H, W) uint8 matching image {image.shape[:2]}, "
             f"got {label.shape} {label.dtype}"
         )
-    if not isinstance(rng, np.random.Generator | np.random.RandomState):
-        rng = np.random.default_rng(rng)
-    displacement = rng.standard_normal((2, points, points)) * float(sigma)
+    displacement = control_grid(rng, points, sigma)
     out_img, out_lbl = _elasticdeform().deform_grid(
         [image.astype(np.float32), label],
         displacement,

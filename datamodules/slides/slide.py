@@ -25,6 +25,9 @@ MPP_RANGE = (0.05, 20.0)
 #: Magnification M corresponds to 10/M um/px (20x == 0.5 um/px), the convention of the papers.
 MPP_AT_1X = 10.0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+#: A level whose downsample is close to, not exactly, the requested factor (a real pyramid's
+#: 4.0023 for 4) is copied, not warped, when no output pixel moves more than this many pixels.
+NEAR_INTEGER_SHIFT = 0.5
 
 
 def mpp_of(magnification: float) -> float:
@@ -168,6 +171,9 @@ class Slide:
         pad = self.pad_value if pad_value is None else int(pad_value)
         level = self.best_level(mpp)
         ds = self.level_downsamples[level]
+        near = _near_integer_box(location, (fw / w, fh / h), ds, (w, h))
+        if near is not None:
+            return self._read_box(level, *near, w, h, pad, raw)
         # the region in this level's pixel coordinates
         lx, ly, lw, lh = location[0] / ds, location[1] / ds, fw / ds, fh / ds
         bx0, by0 = math.floor(lx + 1e-6), math.floor(ly + 1e-6)
@@ -328,6 +334,28 @@ def _as_rgb(a: np.ndarray) -> np.ndarray:
 
 def _as_raw(a: np.ndarray) -> np.ndarray:
     return (a if a.ndim == 2 else a[..., 0]).astype(np.uint8, copy=False)
+
+
+def _near_integer_box(location, factor, ds: float, size) -> tuple[int, int] | None:
+    """Top-left level pixel of a plain copy, when the read would be one at an exact downsample.
+
+    The read is a copy if the level's downsample were `factor` (level-0 px per output pixel):
+    scale 1, whole-pixel offset. The true output pixel j centre then lies ``e_j`` level pixels
+    from copied pixel x0 + j, ``e_j`` linear in j; the copy is taken when |e_j| <=
+    NEAR_INTEGER_SHIFT at both ends, for x and y (worst-case shift: 0.5 output px).
+    Exact downsamples give e = 0 and are handled as before.
+    """
+    corner = []
+    for loc, f, n in zip(location, factor, size, strict=True):
+        start = loc / f
+        if abs(f / ds - 1) > 0.01 or abs(start - round(start)) > 1e-6:
+            return None
+        x0 = round(start)
+        ends = [(loc + (j + 0.5) * f) / ds - 0.5 - (x0 + j) for j in (0, n - 1)]
+        if max(map(abs, ends)) > NEAR_INTEGER_SHIFT:
+            return None
+        corner.append(x0)
+    return corner[0], corner[1]
 
 
 def _resample(box, offset, scale, size, resample: str) -> np.ndarray:

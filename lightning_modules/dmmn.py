@@ -25,8 +25,11 @@ class DMMN(SegmentationTask):
         num_classes: output classes (4 for BACH, 6 for the DMMN breast data).
         class_map: class map name for class names, colours and the BACH score.
         width: channel multiplier (1.0 = the paper's 32..512 widths; the CPU schedule uses less).
-        literal_release: M3 only: follow the authors' released code (no 5x term at the last
-            up step) instead of the paper's figure.
+        m3_wiring: M3 only: "release" (default: the authors' released network, 27.07 M
+            parameters at width 1 for 4 classes) or "figure" (the paper's figure read with
+            CONV_TR upsamplers, 38.3 M); see docs/dmmn.md.
+        literal_release: the boolean of checkpoints written before ``m3_wiring`` existed
+            (True = "release", False = "figure"); when given it decides the wiring.
         optimizer: "sgd" (the paper) or "adam" (same lr/weight decay; converges in far fewer
             steps, which the reduced CPU schedule needs).
         lr, momentum, weight_decay: SGD settings (paper: 5e-5, 0.99, 1e-4).
@@ -39,7 +42,8 @@ class DMMN(SegmentationTask):
         num_classes: int = 4,
         class_map: str | None = "bach",
         width: float = 1.0,
-        literal_release: bool = False,
+        m3_wiring: str = "release",
+        literal_release: bool | None = None,
         optimizer: str = "sgd",
         lr: float = 5e-5,
         momentum: float = 0.99,
@@ -54,7 +58,10 @@ class DMMN(SegmentationTask):
 
     def configure_models(self) -> None:
         hp = self.hparams
-        self.net = build_dmmn(hp.arch, hp.num_classes, hp.width, literal_release=hp.literal_release)
+        wiring = hp.m3_wiring
+        if hp.get("literal_release") is not None:  # hparams of an old checkpoint
+            wiring = "release" if hp.literal_release else "figure"
+        self.net = build_dmmn(hp.arch, hp.num_classes, hp.width, m3_wiring=wiring)
 
     def configure_losses(self) -> None:
         hp = self.hparams

@@ -54,7 +54,8 @@ class WSIDataModule(pl.LightningDataModule):
         val_fraction / test_fraction: plain folders only: share of slides per split.
         min_annotated: keep targets with more than this labelled fraction (DMMN: 1 %).
         min_tissue: keep targets with at least this Otsu tissue fraction (0 = no masking).
-        balance_rates: DMMN elastic class balancing rate r_c per class (None = off).
+        balance_rates: DMMN elastic class balancing: r_c extra deformed copies of each patch of
+            class c per epoch, a list indexed by class (0 = used once; None = off).
         class_order: highest-order class first; decides a patch's class for balancing.
         balance_deform: elastically deform the extra copies (the paper); False repeats them
             as they are (only augmentation differs): ~10x cheaper, for CPU-budget runs.

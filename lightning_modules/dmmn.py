@@ -34,6 +34,9 @@ class DMMN(SegmentationTask):
             steps, which the reduced CPU schedule needs).
         lr, momentum, weight_decay: SGD settings (paper: 5e-5, 0.99, 1e-4).
         class_weights: fixed loss weights; None = computed from the training pixels.
+        loss_norm: "pixels" (the paper: the weighted sum over pixels divided by the number of
+            annotated pixels) or "weights" (divided by the sum of their weights, as
+            ``F.cross_entropy``'s weighted mean; the reading before issue 12).
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class DMMN(SegmentationTask):
         momentum: float = 0.99,
         weight_decay: float = 1e-4,
         class_weights: list[float] | None = None,
+        loss_norm: str = "pixels",
         num_overlays: int = 4,
     ) -> None:
         super().__init__(num_classes=num_classes, class_map=class_map, num_overlays=num_overlays)
@@ -67,9 +71,11 @@ class DMMN(SegmentationTask):
         hp = self.hparams
         if hp.class_weights is not None:
             weights = torch.tensor(hp.class_weights, dtype=torch.float32)
-            self.criterion = WeightedCrossEntropy(weights, self.ignore_index)
+            self.criterion = WeightedCrossEntropy(weights, self.ignore_index, hp.loss_norm)
         else:
-            self.criterion = WeightedCrossEntropy.uniform(hp.num_classes, self.ignore_index)
+            self.criterion = WeightedCrossEntropy.uniform(
+                hp.num_classes, self.ignore_index, hp.loss_norm
+            )
 
     def on_fit_start(self) -> None:
         """Weights from the training pixel counts (after balancing), unless given explicitly."""

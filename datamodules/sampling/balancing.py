@@ -4,9 +4,10 @@ DMMN (Ho et al.) gives every training patch a class — the highest-order class 
 target, e.g. for BACH ``class_order = [invasive, in_situ, benign, normal]`` — and adds ``r_c``
 elastically deformed copies of each patch of class c to the epoch (17×17 control grid,
 displacement σ = 4 px, bicubic image, nearest label), so the patch is used ``1 + r_c`` times;
-``r_c = 0`` (the paper's rate for stroma and adipose) keeps the patch once, undeformed.  The deformation is
-applied to the whole input field (1024² at 20x) before the magnification views are cut, so that
-the 20x/10x/5x views of a deformed copy stay consistent; hence the array-in/array-out API.
+``r_c = 0`` (the paper's rate for stroma and adipose) keeps the patch once, undeformed.  The
+deformation is applied to the whole input field (1024² at 20x) before the magnification views are
+cut, so that the 20x/10x/5x views of a deformed copy stay consistent; hence the array-in/array-out
+API.
 
 The helpers below also count annotated pixels per class before and after balancing, so the
 DataModule can report them and the loss can derive its class weights from the balanced counts.
@@ -142,8 +143,8 @@ def balanced_index(
 
     A patch of class c appears ``1 + r_c`` times, first undeformed, then ``r_c`` times with
     ``deform=True``.  ``rates`` is ``{class: r_c}`` or a list indexed by class; classes it does
-    not mention, and patches of class None, get r = 0 (used once).  Order is patch-major; the DataLoader
-    shuffles.
+    not mention, and patches of class None, get r = 0 (used once).  Order is patch-major; the
+    DataLoader shuffles.
     """
     _check_rates(rates)
     index: list[tuple[int, bool]] = []

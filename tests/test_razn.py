@@ -141,6 +141,7 @@ def test_only_the_chosen_segmenter_steps_but_all_get_gradients(zoom):
     model = toy_razn(alpha=1.0)  # p̃ = p: a policy sure of itself acts deterministically
     nn.init.constant_(model.policies[0].fc.bias, 30.0 if zoom else -30.0)
     before = [[p.detach().clone() for p in s.parameters()] for s in model.segmenters]
+    buffers = [{n: b.clone() for n, b in s.named_buffers()} for s in model.segmenters]
     grads = {}
 
     class Grab(pl.Callback):
@@ -155,6 +156,16 @@ def test_only_the_chosen_segmenter_steps_but_all_get_gradients(zoom):
         for old, s in zip(before, model.segmenters, strict=True)
     ]
     assert moved == ([False, True] if zoom else [True, False])
+    # BatchNorm running statistics (and batch counters) move only in the chosen segmenter: the
+    # other one ran for the reward only
+    changed = [
+        sorted(n for n, b in s.named_buffers() if not torch.equal(b, old[n]))
+        for old, s in zip(buffers, model.segmenters, strict=True)
+    ]
+    chosen, other = (1, 0) if zoom else (0, 1)
+    assert changed[other] == []
+    assert {"encoder.bn1.running_mean", "encoder.bn1.num_batches_tracked"} <= set(changed[chosen])
+    assert model.segmenters[other].training  # back in train mode after the step
 
 
 def test_inference_follows_the_policy():

@@ -287,3 +287,33 @@ def test_merged_group_iou():
     assert bach.groups == {"non-carcinoma": (0, 1), "carcinoma": (2, 3)}
     s = scores(cm, list(bach.classes), True, bach.groups)
     assert s["group_iou/carcinoma"] == g["group_iou/carcinoma"] and "bach_score" in s
+
+
+def test_fusion_rules_on_values():
+    """MS = per-pixel max of the two scales' maps; attention = softmax-weighted sum on the
+    stitched tiles' grid (Scale 2's resolution): all on the label grid, checked on values."""
+    batch = next(iter(DataLoader(ToyFields(4), batch_size=4)))
+    size = batch["label"].shape[-2:]
+
+    def up(x):
+        return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    torch.manual_seed(0)
+    ms = MultiScaleMax(num_classes=2, class_map=None, width=0.0625, num_overlays=0).eval()
+    with torch.no_grad():
+        l0, l1, _, q = ms._both(batch)
+        assert q == 2 and l1.shape[-1] == l0.shape[-1]  # tiles as big as x0: 2x finer
+        expected = torch.maximum(up(l0), up(from_tiles(l1, 2)))
+        assert torch.allclose(ms.batch_logits(batch), expected, atol=1e-6)
+    torch.manual_seed(0)
+    att = AttentionToScale(num_classes=2, class_map=None, width=0.0625, num_overlays=0).eval()
+    last = att.attention[-1]
+    with torch.no_grad():
+        l0, l1, _, q = att._both(batch)
+        fine, grid = from_tiles(l1, 2), from_tiles(l1, 2).shape[-2:]
+        coarse = torch.nn.functional.interpolate(l0, size=grid, mode="bilinear")
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-30.0, 30.0]))  # all weight on the zoomed scale
+        assert torch.allclose(att.batch_logits(batch), up(fine), atol=1e-5)  # = Scale 2's map
+        last.bias.zero_()  # equal weights
+        assert torch.allclose(att.batch_logits(batch), up(0.5 * coarse + 0.5 * fine), atol=1e-5)

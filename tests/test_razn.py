@@ -16,7 +16,7 @@ from datamodules.errors import InputError
 from datamodules.labels.classmaps import load_class_map
 from lightning_modules.callbacks.timing import RelativeInferenceTime
 from lightning_modules.metrics import group_iou, scores
-from lightning_modules.nets.razn import from_tiles, to_tiles
+from lightning_modules.nets.razn import from_tiles, images_only, to_tiles, zoom_pyramid
 from lightning_modules.razn import RAZN, zoom_rewards
 from lightning_modules.razn_baselines import AttentionToScale, MultiScaleMax, Scale1, Scale2
 
@@ -205,12 +205,27 @@ def test_recursive_zoom_trains_and_infers():
     t.fit(model, DataLoader(Deep(8), batch_size=4), DataLoader(Deep(4), batch_size=4))
     assert len(t.optimizers) == 5
     batch = next(iter(DataLoader(Deep(4), batch_size=4)))
+    model.eval()
+    images, _, q = zoom_pyramid(images_only(batch), 2)
+    assert q == [1, 2, 2] and images[2].shape == (64, 3, H, H)  # 4 fields -> 16 -> 64 tiles
+
+    def up(x, side):
+        return nn.functional.interpolate(x, size=(side, side), mode="bilinear")
+
     with torch.no_grad():
+        f1 = model.segmenters[1](model.normalize(images[1]))  # (16, 2, H/8, H/8)
+        f2 = model.segmenters[2](model.normalize(images[2]))  # (64, 2, H/8, H/8)
+        expected = {  # m = 2 on values: level 1 zooms again (stitch twice) or answers itself
+            5.0: up(from_tiles(from_tiles(f2, 2), 2), H),
+            -5.0: up(from_tiles(up(f1, H // 4), 2), H),
+        }
         for bias in (5.0, -5.0):
             nn.init.constant_(model.policies[1].fc.bias, bias)
             nn.init.constant_(model.policies[0].fc.bias, 5.0)
-            assert model.batch_logits(batch).shape == (4, 2, H, H)
+            out = model.batch_logits(batch)
             assert len(model._decisions) == 2 and model._decisions[1].numel() == 16
+            assert bool(model._decisions[1].all()) == (bias > 0)
+            assert torch.allclose(out, expected[bias], atol=1e-5)
 
 
 def test_bad_settings():

@@ -233,3 +233,17 @@ def test_full_width_256_shapes(arch, wiring):
     net = _net(arch, wiring, width=1.0, classes=6)
     with torch.no_grad():
         assert net(_views(batch=1, size=256)).shape == (1, 6, 256, 256)
+
+
+def test_task_wiring_default_and_old_checkpoint_boolean():
+    """`DMMN` builds the release wiring by default; the boolean of pre-issue-12 checkpoints'
+    hparams (`literal_release`) still decides the wiring they were trained with."""
+    from lightning_modules.dmmn import DMMN
+
+    def wiring(**kw):
+        return DMMN(arch="m3", width=0.0625, num_overlays=0, **kw).net.m3_wiring
+
+    assert wiring() == "release"
+    assert wiring(m3_wiring="figure") == "figure"
+    assert wiring(literal_release=False) == "figure"  # the old default
+    assert wiring(literal_release=True, m3_wiring="figure") == "release"

@@ -212,6 +212,7 @@ class WholeSlideData(pl.LightningDataModule):
         use_tissue: False segments every cell of the grid.
         margin: extra context in pixels on each side of a target (cropped from the output).
         resume: skip slides whose outputs are all present.
+        pad_value: grey level outside the slide, as in training (DMMN: 0, the paper).
     """
 
     def __init__(
@@ -226,6 +227,7 @@ class WholeSlideData(pl.LightningDataModule):
         use_tissue: bool = True,
         margin: int = 0,
         resume: bool = False,
+        pad_value: int = 255,
     ):
         super().__init__()
         self.slides = [Path(s) for s in slides]
@@ -236,6 +238,7 @@ class WholeSlideData(pl.LightningDataModule):
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.min_tissue, self.use_tissue = float(min_tissue), bool(use_tissue)
         self.margin, self.resume = int(margin), bool(resume)
+        self.pad_value = int(pad_value)
         self.jobs: list[SlideJob] = []
         self.skipped: list[str] = []
 
@@ -268,7 +271,7 @@ class WholeSlideData(pl.LightningDataModule):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jobs = [
             plan_slide(
-                TrackedSlide(self.slides[i], mpp=self.mpp),
+                TrackedSlide(self.slides[i], mpp=self.mpp, pad_value=self.pad_value),
                 self.view,
                 self.names[i],
                 self.min_tissue,

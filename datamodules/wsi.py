@@ -52,10 +52,13 @@ class WSIDataModule(pl.LightningDataModule):
         slide_glob / label_suffix: for plain folders: which files are slides, and the suffix of
             each slide's label file (e.g. ".xml" or "_mask.tiff").
         mpp: level-0 mpp for slides whose metadata lacks it.
+        pad_value: grey level of pixels outside a slide (255 = white glass; DMMN: 0, the
+            paper's zero padding); `wsiseg segment` pads with the same value.
         val_fraction / test_fraction: plain folders only: share of slides per split.
         min_annotated: keep targets with more than this labelled fraction (DMMN: 1 %).
         min_tissue: keep targets with at least this Otsu tissue fraction (0 = no masking).
-        balance_rates: DMMN elastic class balancing rate r_c per class (None = off).
+        balance_rates: DMMN elastic class balancing: r_c extra deformed copies of each patch of
+            class c per epoch, a list indexed by class (0 = used once; None = off).
         class_order: highest-order class first; decides a patch's class for balancing.
         balance_deform: elastically deform the extra copies (the paper); False repeats them
             as they are (only augmentation differs): ~10x cheaper, for CPU-budget runs.
@@ -76,6 +79,7 @@ class WSIDataModule(pl.LightningDataModule):
         slide_glob: str = "*.svs",
         label_suffix: str = ".xml",
         mpp: float | None = None,
+        pad_value: int = 255,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         min_annotated: float = 0.01,
@@ -119,7 +123,7 @@ class WSIDataModule(pl.LightningDataModule):
         raise InputError(self.root, f"no such data folder{hint}")
 
     def _source(self, name, slide_path, label_path, split) -> SlideSource:
-        slide = Slide(slide_path, mpp=self.hparams.mpp)
+        slide = Slide(slide_path, mpp=self.hparams.mpp, pad_value=self.hparams.pad_value)
         labels = open_labels(label_path, self.class_map, slide)
         if isinstance(labels, MaskLabels):
             labels.check_values()  # a class map that does not fit fails before training

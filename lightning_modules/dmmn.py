@@ -8,6 +8,8 @@ the DataModule when fitting starts), unlabeled pixels ignored. Optimizer: SGD as
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -28,12 +30,18 @@ class DMMN(SegmentationTask):
         num_classes: output classes (4 for BACH, 6 for the DMMN breast data).
         class_map: class map name for class names, colours and the BACH score.
         width: channel multiplier (1.0 = the paper's 32..512 widths; the CPU schedule uses less).
-        literal_release: M3 only: follow the authors' released code (no 5x term at the last
-            up step) instead of the paper's figure.
+        m3_wiring: M3 only: "release" (default: the authors' released network, 27.07 M
+            parameters at width 1 for 4 classes) or "figure" (the paper's figure read with
+            CONV_TR upsamplers, 38.3 M); see docs/dmmn.md.
+        literal_release: the boolean of checkpoints written before ``m3_wiring`` existed
+            (True = "release", False = "figure"); when given it decides the wiring.
         optimizer: "sgd" (the paper) or "adam" (same lr/weight decay; converges in far fewer
             steps, which the reduced CPU schedule needs).
         lr, momentum, weight_decay: SGD settings (paper: 5e-5, 0.99, 1e-4).
         class_weights: fixed loss weights; None = computed from the training pixels.
+        loss_norm: "pixels" (the paper: the weighted sum over pixels divided by the number of
+            annotated pixels) or "weights" (divided by the sum of their weights, as
+            ``F.cross_entropy``'s weighted mean; the reading before issue 12).
     """
 
     def __init__(
@@ -42,12 +50,14 @@ class DMMN(SegmentationTask):
         num_classes: int = 4,
         class_map: str | None = "bach",
         width: float = 1.0,
-        literal_release: bool = False,
+        m3_wiring: Literal["release", "figure"] = "release",
+        literal_release: bool | None = None,
         optimizer: OptimizerName = "sgd",
         lr: float = 5e-5,
         momentum: float = 0.99,
         weight_decay: float = 1e-4,
         class_weights: list[float] | None = None,
+        loss_norm: Literal["pixels", "weights"] = "pixels",
         num_overlays: int = 4,
     ) -> None:
         # the base saves the hyperparameters and calls configure_models/losses/metrics (once)
@@ -55,7 +65,10 @@ class DMMN(SegmentationTask):
 
     def configure_models(self) -> None:
         hp = self.hparams
-        self.net = build_dmmn(hp.arch, hp.num_classes, hp.width, literal_release=hp.literal_release)
+        wiring = hp.m3_wiring
+        if hp.get("literal_release") is not None:  # hparams of an old checkpoint
+            wiring = "release" if hp.literal_release else "figure"
+        self.net = build_dmmn(hp.arch, hp.num_classes, hp.width, m3_wiring=wiring)
 
     def view_types(self) -> tuple[type, ...]:
         return (MultiMagView,)
@@ -68,9 +81,11 @@ class DMMN(SegmentationTask):
         hp = self.hparams
         if hp.class_weights is not None:
             weights = torch.tensor(hp.class_weights, dtype=torch.float32)
-            self.criterion = WeightedCrossEntropy(weights, self.ignore_index)
+            self.criterion = WeightedCrossEntropy(weights, self.ignore_index, hp.loss_norm)
         else:
-            self.criterion = WeightedCrossEntropy.uniform(hp.num_classes, self.ignore_index)
+            self.criterion = WeightedCrossEntropy.uniform(
+                hp.num_classes, self.ignore_index, hp.loss_norm
+            )
 
     def on_fit_start(self) -> None:
         """Weights from the training pixel counts (after balancing), unless given explicitly."""

@@ -1,12 +1,16 @@
 """Losses shared by the segmentation tasks.
 
 DMMN trains with cross-entropy weighted by w_c = 1 − N_c / Σ N_c, where N_c counts annotated
-training pixels of class c (after class balancing); unlabeled pixels (255) are ignored.
+training pixels of class c (after class balancing); unlabeled pixels (255) are ignored, and the
+weighted sum is divided by the number N of annotated pixels (the paper), not by the sum of their
+weights (``F.cross_entropy``'s mean), which would renormalise every batch and cancel the class
+weights in a batch of one class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,16 +43,25 @@ class WeightedCrossEntropy(nn.Module):
 
     The weights live in a buffer, so they follow ``.to(device)`` and are saved in (and restored
     from) checkpoints; ``set_weight`` updates them in place once the DataModule has counted the
-    balanced training pixels.  The reduction is the weighted mean Σ w_t·ℓ / Σ w_t over
-    non-ignored pixels, as ``F.cross_entropy`` does, except that a batch with no weighted pixel
-    (all ignored) gives a zero loss that is still part of the graph — so ``backward`` and DDP's
-    gradient all-reduce run on every rank instead of failing or producing NaN.
+    balanced training pixels.  ``normalize`` picks the reduction over non-ignored pixels:
+    ``"pixels"`` (default, the DMMN paper) Σ w_t·ℓ / N; ``"weights"`` Σ w_t·ℓ / Σ w_t, the
+    weighted mean of ``F.cross_entropy``.  With unit weights the two agree.  A batch with no
+    annotated (or no weighted) pixel gives a zero loss that is still part of the graph — so
+    ``backward`` and DDP's gradient all-reduce run on every rank instead of failing or giving NaN.
     """
 
     weight: torch.Tensor
 
-    def __init__(self, weight: Sequence[float] | torch.Tensor, ignore_index: int = IGNORE) -> None:
+    def __init__(
+        self,
+        weight: Sequence[float] | torch.Tensor,
+        ignore_index: int = IGNORE,
+        normalize: Literal["pixels", "weights"] = "pixels",
+    ) -> None:
         super().__init__()
+        if normalize not in ("pixels", "weights"):
+            raise InputError(None, f"normalize must be 'pixels' or 'weights', got {normalize!r}")
+        self.normalize = normalize
         w = torch.as_tensor(weight, dtype=torch.float32).flatten().clone()
         if w.numel() == 0 or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
             raise InputError(None, f"class weights must be finite and >= 0, got {w.tolist()}")
@@ -56,9 +69,11 @@ class WeightedCrossEntropy(nn.Module):
         self.ignore_index = int(ignore_index)
 
     @classmethod
-    def uniform(cls, num_classes: int, ignore_index: int = IGNORE) -> WeightedCrossEntropy:
+    def uniform(
+        cls, num_classes: int, ignore_index: int = IGNORE, normalize: str = "pixels"
+    ) -> WeightedCrossEntropy:
         """Unit weights, for modules built before the training pixels are counted."""
-        return cls(torch.ones(num_classes), ignore_index)
+        return cls(torch.ones(num_classes), ignore_index, normalize)
 
     @property
     def num_classes(self) -> int:
@@ -85,10 +100,13 @@ class WeightedCrossEntropy(nn.Module):
             logits, target, weight=self.weight, ignore_index=self.ignore_index, reduction="sum"
         )
         valid = target != self.ignore_index
-        w_t = self.weight[torch.where(valid, target, 0)] * valid
+        if self.normalize == "pixels":
+            denom = valid.sum().to(loss_sum.dtype)
+        else:
+            denom = (self.weight[torch.where(valid, target, 0)] * valid).sum()
         # No host sync: with no weighted pixel loss_sum is an exact 0 with a grad_fn.
-        return loss_sum / w_t.sum().clamp_min(torch.finfo(loss_sum.dtype).tiny)
+        return loss_sum / denom.clamp_min(torch.finfo(loss_sum.dtype).tiny)
 
     def extra_repr(self) -> str:
         w = ", ".join(f"{v:.4f}" for v in self.weight.tolist())
-        return f"weight=[{w}], ignore_index={self.ignore_index}"
+        return f"weight=[{w}], ignore_index={self.ignore_index}, normalize={self.normalize}"

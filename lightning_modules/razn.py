@@ -3,10 +3,11 @@
 A light policy g_φ looks at a field x0 (magnification m) and decides whether to zoom in: either
 the segmenter f_θ0 answers on x0, or f_θ1 segments the r² tiles of the same field at r·m and
 their stitched output, resized to x0's grid, is the answer.  Trained with REINFORCE (the paper's
-Algorithm 1, per sample): both segmenters are run on every field to get the losses J0 and J1,
-an action is drawn from the bounded Bernoulli p̃ = αp + (1−α)(1−p), the reward is the relative
-loss change R = a·(J0 − J1)/J0, φ takes the policy-gradient step on every field, θ1 learns only
-from fields that were zoomed and θ0 only from fields that were not.
+Algorithm 1, per sample): both segmenters are run on every field to get the losses J0 and J1
+(BatchNorm statistics move only where they learn), an action is drawn from the bounded Bernoulli
+p̃ = αp + (1−α)(1−p), the reward is the relative loss change R = a·(J0 − J1)/J0, φ takes the
+policy-gradient step on every field, θ1 learns only from fields that were zoomed and θ0 only
+from fields that were not.
 
 The paper prints R = a·(J1 − J0)/J0, which rewards zooming when it *raises* the loss, against
 its own text; ``literal_reward: true`` uses the printed sign (to reproduce it), the default the
@@ -206,12 +207,7 @@ class RAZN(ZoomTask):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp, L = self.hparams, self.levels
         images, labels, q = zoom_pyramid(batch, L)
-        loss_j, frac = [], []  # per level: per-node loss (with graph) and labelled fraction
-        for k in range(L + 1):
-            logits = self.segmenters[k](self.normalize(images[k]))
-            j, f = node_losses(logits, labels[k], self.ignore_index)
-            loss_j.append(j)
-            frac.append(f)
+        frac = [(lab != self.ignore_index).flatten(1).float().mean(1) for lab in labels]
         probs, actions, logpi = [], [], []
         for k in range(L):
             p = torch.sigmoid(self.policies[k](self.normalize(images[k])).float())
@@ -221,16 +217,6 @@ class RAZN(ZoomTask):
             probs.append(p)
             actions.append(a)
             logpi.append(a * pt.log() + (1 - a) * (1 - pt).log())
-
-        rewards, final_j, final_w = zoom_rewards(
-            [j.detach() for j in loss_j],
-            [f.detach() for f in frac],
-            actions,
-            q,
-            literal=hp.literal_reward,
-            zoom_cost=hp.zoom_cost,
-            clip=hp.reward_clip,
-        )
 
         # Per-node selections: policies learn from every labelled node; f_k from the nodes
         # whose parent zoomed (k > 0) and that did not zoom themselves (k < L).
@@ -243,6 +229,18 @@ class RAZN(ZoomTask):
             if k < L:
                 sel = sel * (1 - actions[k])
             seg_sel.append(sel)
+        logits = [self._segment(k, images[k], seg_sel[k] > 0) for k in range(L + 1)]
+        loss_j = [node_losses(logits[k], labels[k], self.ignore_index)[0] for k in range(L + 1)]
+
+        rewards, final_j, final_w = zoom_rewards(
+            [j.detach() for j in loss_j],
+            [f.detach() for f in frac],
+            actions,
+            q,
+            literal=hp.literal_reward,
+            zoom_cost=hp.zoom_cost,
+            clip=hp.reward_clip,
+        )
         counts = self._global_sum(torch.stack([s.sum() for s in pol_sel + seg_sel]))
         world = self.trainer.world_size if self._trainer is not None else 1
         losses = []
@@ -270,6 +268,25 @@ class RAZN(ZoomTask):
                 sched.step()
 
         self._log_train(final_j, final_w, loss_j, actions[0], probs[0], rewards[0])
+
+    def _segment(self, k: int, image: Tensor, chosen: Tensor) -> Tensor:
+        """f_k on every node, as before (the reward needs J0 and J1 of every field), but with
+        BatchNorm running statistics from the nodes it trains on only (Algorithm 1 updates θ1
+        only where a = 1, θ0 only where a = 0): a no-grad pass over those nodes updates them,
+        then the pass with graph runs with momentum 0, which leaves them as they are."""
+        net, x = self.segmenters[k], self.normalize(image)
+        bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if chosen.any():
+            with torch.no_grad():
+                net(x[chosen])
+        kept = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+        for m in bns:
+            m.momentum = 0.0
+        logits = net(x)
+        for m, (momentum, tracked) in zip(bns, kept, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+        return logits
 
     def _log_train(self, final_j, final_w, loss_j, a, p, r) -> None:
         """Batch means over all ranks (one all-reduce), so every rank logs the same values."""

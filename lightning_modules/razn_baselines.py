@@ -94,12 +94,8 @@ class _ZoomBaseline(ZoomTask):
         return logits[:b], logits[b:], (None if feats is None else (feats[:b], feats[b:])), q[1]
 
     def _stitch(self, tile_maps: Tensor, q: int, size) -> Tensor:
-        """r² tile maps -> one map on grid ``size``: area-averaged when that is exactly r×
-        coarser (attention fuses on x0's logit grid), else resized (logits to the label grid)."""
-        stitched = from_tiles(tile_maps, q)
-        if q > 1 and tuple(stitched.shape[-2:]) == (q * size[-2], q * size[-1]):
-            return F.avg_pool2d(stitched, q)
-        return _to_grid(stitched, size)
+        """r² tile maps -> one map, resized to grid ``size`` (logits to the label grid)."""
+        return _to_grid(from_tiles(tile_maps, q), size)
 
     def _tile_loss(self, tile_logits: Tensor, batch: dict[str, Any]) -> Tensor:
         _, labels, _ = zoom_pyramid(batch, 1)
@@ -164,12 +160,13 @@ class AttentionToScale(_ZoomBaseline):
         )
 
     def _scales(self, batch):
+        """Fused on the stitched tiles' grid (r× finer than x0's stride-8 grid), the resolution
+        of Scale 2's and RAZN's zoomed answers, so only the fusion rule differs from them."""
         l0, l1, (f0, f1), q = self._both(batch, features=True)
-        grid = l0.shape[-2:]  # the stride-8 grid of x0
-        s1 = self._stitch(l1, q, grid)
-        g1 = self._stitch(f1, q, grid)
-        weights = torch.softmax(self.attention(torch.cat([f0, g1], 1)), dim=1)
-        fused = weights[:, :1] * l0 + weights[:, 1:] * s1
+        s1, g1 = from_tiles(l1, q), from_tiles(f1, q)
+        grid = s1.shape[-2:]
+        weights = torch.softmax(self.attention(torch.cat([_to_grid(f0, grid), g1], 1)), dim=1)
+        fused = weights[:, :1] * _to_grid(l0, grid) + weights[:, 1:] * s1
         size = _label_size(batch)
         return _to_grid(fused, size), _to_grid(l0, size), l1, weights
 

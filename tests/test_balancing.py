@@ -165,20 +165,24 @@ def test_patch_class_rejects_bad_order(order):
         patch_class(np.zeros((2, 2), np.uint8), order)
 
 
-def test_balanced_index_expands_by_rate():
+def test_balanced_index_adds_r_deformed_copies():
+    """r_c is the number of EXTRA deformed copies (the paper's reading): 0 keeps a patch once."""
     classes = [3, 0, None, 2, 3, 1]
-    rates = {3: 1, 2: 4, 1: 2}  # class 0 not mentioned -> 1
+    rates = {3: 0, 2: 3, 1: 1}  # class 0 not mentioned -> 0 extra
     index = balanced_index(classes, rates)
     assert len(index) == 1 + 1 + 1 + 4 + 1 + 2
+    assert index[:4] == [(0, False), (1, False), (2, False), (3, False)]
+    assert index[4:7] == [(3, True)] * 3
     for i, cls in enumerate(classes):
         copies = [d for p, d in index if p == i]
-        r = rates.get(cls, 1) if cls is not None else 1
-        assert len(copies) == r
+        r = rates.get(cls, 0) if cls is not None else 0
+        assert len(copies) == 1 + r
         assert copies[0] is False and all(copies[1:])
-    assert balanced_index(classes, [1, 2, 4, 1]) == balanced_index(classes, {1: 2, 2: 4})
+    assert balanced_index(classes, [0, 1, 3, 0]) == balanced_index(classes, {1: 1, 2: 3})
+    assert balanced_index(classes, [0, 0, 0, 0]) == [(i, False) for i in range(6)]
 
 
-@pytest.mark.parametrize("rates", [{0: 0}, [1, 0], {1: 1.5}, [True, 1]])
+@pytest.mark.parametrize("rates", [{0: -1}, [1, -1], {1: 1.5}, [True, 1]])
 def test_balanced_index_rejects_bad_rates(rates):
     with pytest.raises(InputError, match="rates"):
         balanced_index([0, 1], rates)
@@ -203,7 +207,7 @@ def test_expected_counts_after_balancing():
     classes = [patch_class(lbl, BACH_ORDER) for lbl in labels]
     assert classes == [3, 0, 2, None]
     per_patch = np.stack([patch_pixel_counts(lbl, 4) for lbl in labels])
-    rates = {3: 3, 2: 2}
+    rates = {3: 2, 2: 1}  # extra copies: invasive patches used 3 times, in situ twice
     after = expected_counts_after_balancing(per_patch, classes, rates)
     # by hand: 3 × [2,0,0,1] + [4,0,0,0] + 2 × [1,1,2,0]
     assert after.tolist() == [12, 2, 4, 3]

@@ -55,9 +55,12 @@ def test_agrees_with_patch_test_metrics(segmented, synthetic_root, capsys):
     assert slide_level["labelled_pixels"] == 2048 * 2048
     assert slide_level["unsegmented_labelled_pixels"] == 0
 
-    model = load_method(ckpt).model
+    method = load_method(ckpt)
+    model = method.model
+    assert method.pad_value == 0  # DMMN zero-pads; `segment` read the same pixels
     data = WSIDataModule(root=str(synthetic_root), min_tissue=0.0, min_annotated=0.0,
-                         augment=False, batch_size=8, num_workers=0, synthesize=False)  # fmt: skip
+                         augment=False, batch_size=8, num_workers=0, synthesize=False,
+                         pad_value=method.pad_value)  # fmt: skip
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(mask.parent))  # fmt: skip
     trainer.test(model, datamodule=data, verbose=False)

@@ -30,14 +30,39 @@ def _batch(seed: int = 0, n: int = 2, c: int = 4, hw: int = 8):
     return logits, target
 
 
-def test_matches_torch_weighted_mean():
+def test_divides_by_the_number_of_annotated_pixels():
+    """The DMMN paper: Σ_pixels w_t · ℓ / N over annotated pixels, not / Σ w_t."""
     logits, target = _batch()
     w = torch.tensor([0.9, 0.7, 0.4, 1.0])
     loss = WeightedCrossEntropy(w)(logits, target)
-    ref = F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE)
-    assert torch.allclose(loss, ref)
+    valid = target != IGNORE
+    per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+    by_hand = (w[target[valid]] * per_pixel[valid]).sum() / valid.sum()
+    assert valid.sum() == 2 * 5 * 8  # 3 of 8 rows ignored
+    assert torch.allclose(loss, by_hand)
+    weighted_mean = F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE)
+    assert not torch.allclose(loss, weighted_mean)  # the old reading differs on this batch
     # uint8 targets, as the datasets produce, work too
-    assert torch.allclose(WeightedCrossEntropy(w)(logits, target.to(torch.uint8)), ref)
+    assert torch.allclose(WeightedCrossEntropy(w)(logits, target.to(torch.uint8)), by_hand)
+
+
+def test_weights_normalisation_is_torch_weighted_mean():
+    logits, target = _batch()
+    w = torch.tensor([0.9, 0.7, 0.4, 1.0])
+    loss = WeightedCrossEntropy(w, normalize="weights")(logits, target)
+    assert torch.allclose(loss, F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE))
+    with pytest.raises(InputError, match="normalize"):
+        WeightedCrossEntropy(w, normalize="mean")
+
+
+def test_class_weights_survive_a_single_class_batch():
+    """Dividing by N keeps w_c in a batch of one class (Σ w_t would cancel it)."""
+    logits, target = _batch()
+    target = torch.where(target == IGNORE, target, torch.zeros_like(target))  # class 0 only
+    plain = WeightedCrossEntropy.uniform(4)(logits, target)
+    assert torch.allclose(WeightedCrossEntropy([0.25, 1, 1, 1])(logits, target), 0.25 * plain)
+    by_weights = WeightedCrossEntropy([0.25, 1, 1, 1], normalize="weights")(logits, target)
+    assert torch.allclose(by_weights, plain)
 
 
 def test_weights_change_the_loss():

@@ -90,6 +90,42 @@ def test_fusion_rules():
     assert torch.allclose(add(*big), big[0] + big[1] + big[2])
     concat = dual("concat").decoder.levels[1].fuse
     assert concat.proj.in_channels == 3 * concat.proj.out_channels
+    with torch.no_grad():
+        assert torch.allclose(concat(*big), concat.proj(torch.cat(big, 1)), atol=1e-6)
+        by_hand = F.conv2d(torch.cat(big, 1), concat.proj.weight, concat.proj.bias)
+        assert torch.allclose(concat(*big), by_hand, atol=1e-6)
+        # attention with its random initial weights, by hand: w = σ(fc2(ReLU(fc1(GAP(cat)))))
+        fuse = dual("attention").decoder.levels[1].fuse
+        pooled = torch.cat(big, 1).mean((2, 3), keepdim=True)
+        hidden = F.relu(F.conv2d(pooled, fuse.fc1.weight, fuse.fc1.bias))
+        w = torch.sigmoid(F.conv2d(hidden, fuse.fc2.weight, fuse.fc2.bias))
+        assert w.std() > 0.01  # really per-channel weights, not a constant
+        assert torch.allclose(fuse(*big), big[1] + big[0] * w, atol=1e-6)
+        # the deepest level (no `up`): the full image's features take its place
+        deep = dual("attention").decoder.levels[0].fuse
+        s0, f0 = (torch.randn(2, deep.fc2.out_channels, 2, 2) for _ in range(2))
+        pooled = torch.cat([s0, f0], 1).mean((2, 3), keepdim=True)
+        hidden = F.relu(F.conv2d(pooled, deep.fc1.weight, deep.fc1.bias))
+        w0 = torch.sigmoid(F.conv2d(hidden, deep.fc2.weight, deep.fc2.bias))
+        assert torch.allclose(deep(s0, None, f0), f0 + s0 * w0, atol=1e-6)
+
+
+def test_full_image_changes_the_attention_weights_at_every_level():
+    """Not only the additive path of the deepest level: the channel weights w of the three
+    finer levels (where out = up + s·w and f enters through w alone) depend on the full image."""
+    net = dual("attention").eval()
+    pre_sigmoid: dict[int, list[torch.Tensor]] = {1: [], 2: [], 3: []}
+    for k in pre_sigmoid:
+        net.decoder.levels[k].fuse.fc2.register_forward_hook(
+            lambda _m, _i, out, k=k: pre_sigmoid[k].append(out.detach())
+        )
+    x = torch.randn(2, 2, 3, 64, 64)
+    y = x.clone()
+    y[:, 1] = torch.randn(2, 3, 64, 64)  # same slices, other full images
+    with torch.no_grad():
+        net(x), net(y)
+    for k, (wx, wy) in pre_sigmoid.items():
+        assert (torch.sigmoid(wx) - torch.sigmoid(wy)).abs().max() > 1e-4, k
 
 
 def test_rcu_and_crp_blocks():

@@ -16,7 +16,7 @@ from datamodules.errors import InputError
 from datamodules.labels.classmaps import load_class_map
 from lightning_modules.callbacks.timing import RelativeInferenceTime
 from lightning_modules.metrics import group_iou, scores
-from lightning_modules.nets.razn import from_tiles, to_tiles
+from lightning_modules.nets.razn import from_tiles, images_only, to_tiles, zoom_pyramid
 from lightning_modules.razn import RAZN, zoom_rewards
 from lightning_modules.razn_baselines import AttentionToScale, MultiScaleMax, Scale1, Scale2
 
@@ -141,6 +141,7 @@ def test_only_the_chosen_segmenter_steps_but_all_get_gradients(zoom):
     model = toy_razn(alpha=1.0)  # p̃ = p: a policy sure of itself acts deterministically
     nn.init.constant_(model.policies[0].fc.bias, 30.0 if zoom else -30.0)
     before = [[p.detach().clone() for p in s.parameters()] for s in model.segmenters]
+    buffers = [{n: b.clone() for n, b in s.named_buffers()} for s in model.segmenters]
     grads = {}
 
     class Grab(pl.Callback):
@@ -155,6 +156,16 @@ def test_only_the_chosen_segmenter_steps_but_all_get_gradients(zoom):
         for old, s in zip(before, model.segmenters, strict=True)
     ]
     assert moved == ([False, True] if zoom else [True, False])
+    # BatchNorm running statistics (and batch counters) move only in the chosen segmenter: the
+    # other one ran for the reward only
+    changed = [
+        sorted(n for n, b in s.named_buffers() if not torch.equal(b, old[n]))
+        for old, s in zip(buffers, model.segmenters, strict=True)
+    ]
+    chosen, other = (1, 0) if zoom else (0, 1)
+    assert changed[other] == []
+    assert {"encoder.bn1.running_mean", "encoder.bn1.num_batches_tracked"} <= set(changed[chosen])
+    assert model.segmenters[other].training  # back in train mode after the step
 
 
 def test_inference_follows_the_policy():
@@ -194,12 +205,27 @@ def test_recursive_zoom_trains_and_infers():
     t.fit(model, DataLoader(Deep(8), batch_size=4), DataLoader(Deep(4), batch_size=4))
     assert len(t.optimizers) == 5
     batch = next(iter(DataLoader(Deep(4), batch_size=4)))
+    model.eval()
+    images, _, q = zoom_pyramid(images_only(batch), 2)
+    assert q == [1, 2, 2] and images[2].shape == (64, 3, H, H)  # 4 fields -> 16 -> 64 tiles
+
+    def up(x, side):
+        return nn.functional.interpolate(x, size=(side, side), mode="bilinear")
+
     with torch.no_grad():
+        f1 = model.segmenters[1](model.normalize(images[1]))  # (16, 2, H/8, H/8)
+        f2 = model.segmenters[2](model.normalize(images[2]))  # (64, 2, H/8, H/8)
+        expected = {  # m = 2 on values: level 1 zooms again (stitch twice) or answers itself
+            5.0: up(from_tiles(from_tiles(f2, 2), 2), H),
+            -5.0: up(from_tiles(up(f1, H // 4), 2), H),
+        }
         for bias in (5.0, -5.0):
             nn.init.constant_(model.policies[1].fc.bias, bias)
             nn.init.constant_(model.policies[0].fc.bias, 5.0)
-            assert model.batch_logits(batch).shape == (4, 2, H, H)
+            out = model.batch_logits(batch)
             assert len(model._decisions) == 2 and model._decisions[1].numel() == 16
+            assert bool(model._decisions[1].all()) == (bias > 0)
+            assert torch.allclose(out, expected[bias], atol=1e-5)
 
 
 def test_bad_settings():
@@ -276,3 +302,33 @@ def test_merged_group_iou():
     assert bach.groups == {"non-carcinoma": (0, 1), "carcinoma": (2, 3)}
     s = scores(cm, list(bach.classes), True, bach.groups)
     assert s["group_iou/carcinoma"] == g["group_iou/carcinoma"] and "bach_score" in s
+
+
+def test_fusion_rules_on_values():
+    """MS = per-pixel max of the two scales' maps; attention = softmax-weighted sum on the
+    stitched tiles' grid (Scale 2's resolution): all on the label grid, checked on values."""
+    batch = next(iter(DataLoader(ToyFields(4), batch_size=4)))
+    size = batch["label"].shape[-2:]
+
+    def up(x):
+        return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    torch.manual_seed(0)
+    ms = MultiScaleMax(num_classes=2, class_map=None, width=0.0625, num_overlays=0).eval()
+    with torch.no_grad():
+        l0, l1, _, q = ms._both(batch)
+        assert q == 2 and l1.shape[-1] == l0.shape[-1]  # tiles as big as x0: 2x finer
+        expected = torch.maximum(up(l0), up(from_tiles(l1, 2)))
+        assert torch.allclose(ms.batch_logits(batch), expected, atol=1e-6)
+    torch.manual_seed(0)
+    att = AttentionToScale(num_classes=2, class_map=None, width=0.0625, num_overlays=0).eval()
+    last = att.attention[-1]
+    with torch.no_grad():
+        l0, l1, _, q = att._both(batch)
+        fine, grid = from_tiles(l1, 2), from_tiles(l1, 2).shape[-2:]
+        coarse = torch.nn.functional.interpolate(l0, size=grid, mode="bilinear")
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-30.0, 30.0]))  # all weight on the zoomed scale
+        assert torch.allclose(att.batch_logits(batch), up(fine), atol=1e-5)  # = Scale 2's map
+        last.bias.zero_()  # equal weights
+        assert torch.allclose(att.batch_logits(batch), up(0.5 * coarse + 0.5 * fine), atol=1e-5)

@@ -71,7 +71,8 @@ def test_synthetic_slide(ckpt20, synthetic_root, tmp_path, capsys):
 
     # every tissue cell holds exactly what the method predicts for it; other cells are 0
     method = load_method(ckpt20)
-    job = plan_slide(Slide(slide_path), method.view, "slide_02")
+    assert method.pad_value == 0  # DMMN zero-pads (the paper), as in its training data
+    job = plan_slide(Slide(slide_path, pad_value=0), method.view, "slide_02")
     assert 0 < len(job.cells) < 64  # the synthetic slide has glass around the tissue
     data = TileDataset([job], method.view)
     picks = [0, len(job.cells) // 2, len(job.cells) - 1]
@@ -90,6 +91,7 @@ def test_synthetic_slide(ckpt20, synthetic_root, tmp_path, capsys):
     # the summary: areas from the mask, timing, decode counters
     info = json.loads((out / "slide_02.json").read_text())
     assert info["method"] == "DMMN" and info["tiles"] == len(job.cells)
+    assert info["pad_value"] == 0
     assert info["dimensions"] == list(slide.dimensions) and info["target_mpp"] == 0.5
     px_mm2 = (0.5e-3) ** 2
     for v, name in enumerate(info["classes"], start=1):

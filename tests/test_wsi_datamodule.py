@@ -149,14 +149,14 @@ def test_class_balancing_raises_rare_class_share(synthetic_root, capsys):
     before = plain.class_pixel_counts
     assert before is not None and before.sum() > 0 and (before > 0).all()
     assert capsys.readouterr().out == ""  # no table without balancing
-    dm = make(synthetic_root, balance_rates=[1, 4, 1, 1], class_order=[1, 3, 2, 0])
+    dm = make(synthetic_root, balance_rates=[0, 3, 0, 0], class_order=[1, 3, 2, 0])
     out = capsys.readouterr().out
     assert re.search(r"class\s+before\s+share\s+after\s+share\s+gain", out)
     assert "benign" in out and "total" in out
     np.testing.assert_array_equal(dm.counts_before, before)
     after = dm.class_pixel_counts
     assert after[1] / after.sum() > 1.5 * before[1] / before.sum()
-    # every patch containing benign is used 4 times: once as is and 3 times deformed
+    # every patch containing benign is used 4 times: once as is and 3 extra deformed copies
     entries = dm.datasets["train"].entries
     assert len(entries) > len(plain.datasets["train"])
     assert sum(not e[3] for e in entries) == len(plain.datasets["train"])
@@ -165,7 +165,7 @@ def test_class_balancing_raises_rare_class_share(synthetic_root, capsys):
     assert item["image"].shape == (3, 3, 256, 256) and 1 in item["label"].unique().tolist()
     # the CPU schedule repeats the copies instead of deforming them: same entries, no warps
     repeat = make(
-        synthetic_root, balance_rates=[1, 4, 1, 1], class_order=[1, 3, 2, 0], balance_deform=False
+        synthetic_root, balance_rates=[0, 3, 0, 0], class_order=[1, 3, 2, 0], balance_deform=False
     )
     capsys.readouterr()
     assert [e[:3] for e in repeat.datasets["train"].entries] == [e[:3] for e in entries]
@@ -174,8 +174,8 @@ def test_class_balancing_raises_rare_class_share(synthetic_root, capsys):
 
 
 def test_experiment_balancing_favours_lesions(synthetic_root, capsys):
-    """The experiments' rates (normal 1, benign 2, in situ 3, invasive 3, invasive first)."""
-    dm = make(synthetic_root, balance_rates=[1, 2, 3, 3], class_order=[3, 2, 1, 0])
+    """The experiments' extra copies (normal 0, benign 1, in situ 2, invasive 2, invasive first)."""
+    dm = make(synthetic_root, balance_rates=[0, 1, 2, 2], class_order=[3, 2, 1, 0])
     capsys.readouterr()
     before, after = dm.counts_before, dm.class_pixel_counts
     share_b, share_a = before / before.sum(), after / after.sum()

@@ -1,11 +1,13 @@
 """DMMN class balancing: oversample rare classes with elastically deformed copies.
 
 DMMN (Ho et al.) gives every training patch a class — the highest-order class present in its
-target, e.g. for BACH ``class_order = [invasive, in_situ, benign, normal]`` — and uses each patch
-of class c ``r_c`` times per epoch: once as is and ``r_c - 1`` times elastically deformed
-(17×17 control grid, displacement σ = 4 px, bicubic image, nearest label).  The deformation is
-applied to the whole input field (1024² at 20x) before the magnification views are cut, so that
-the 20x/10x/5x views of a deformed copy stay consistent; hence the array-in/array-out API.
+target, e.g. for BACH ``class_order = [invasive, in_situ, benign, normal]`` — and adds ``r_c``
+elastically deformed copies of each patch of class c to the epoch (17×17 control grid,
+displacement σ = 4 px, bicubic image, nearest label), so the patch is used ``1 + r_c`` times;
+``r_c = 0`` (the paper's rate for stroma and adipose) keeps the patch once, undeformed.  The
+deformation is applied to the whole input field (1024² at 20x) before the magnification views are
+cut, so that the 20x/10x/5x views of a deformed copy stay consistent; hence the array-in/array-out
+API.
 
 The helpers below also count annotated pixels per class before and after balancing, so the
 DataModule can report them and the loss can derive its class weights from the balanced counts.
@@ -47,7 +49,7 @@ def item_rng(seed: int, *keys: int) -> np.random.Generator:
     """A generator for one deformed copy, e.g. ``item_rng(seed, epoch, item)``.
 
     Seeding from (seed, epoch, item) makes every copy reproducible whatever worker draws it and
-    gives the ``r_c - 1`` copies of one patch (different items) different deformations.
+    gives the ``r_c`` copies of one patch (different items) different deformations.
     """
     return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
 
@@ -122,18 +124,23 @@ def patch_class(label: np.ndarray, class_order: Sequence[int], ignore: int = IGN
 
 
 def _rate_of(rates: Mapping[int, int] | Sequence[int], cls: int | None) -> int:
+    """Extra deformed copies of a patch of class ``cls`` (0 for unlisted classes and None)."""
     if cls is None:
-        return 1
+        return 0
     if isinstance(rates, Mapping):
-        return rates.get(cls, 1)
-    return rates[cls] if 0 <= cls < len(rates) else 1
+        return rates.get(cls, 0)
+    return rates[cls] if 0 <= cls < len(rates) else 0
 
 
 def _check_rates(rates: Mapping[int, int] | Sequence[int]) -> None:
     values = rates.values() if isinstance(rates, Mapping) else rates
     for r in values:
-        if isinstance(r, bool) or not isinstance(r, int | np.integer) or r < 1:
-            raise InputError(None, f"balancing rates must be integers >= 1, got {list(values)}")
+        if isinstance(r, bool) or not isinstance(r, int | np.integer) or r < 0:
+            raise InputError(
+                None,
+                f"balancing rates (extra deformed copies per patch) must be integers >= 0, "
+                f"got {list(values)}",
+            )
 
 
 def balanced_index(
@@ -141,17 +148,17 @@ def balanced_index(
 ) -> list[tuple[int, bool]]:
     """Expand patch indices by their class rate: ``[(patch_idx, deform), ...]``.
 
-    A patch of class c appears ``r_c`` times, first undeformed, then ``r_c - 1`` times with
-    ``deform=True``.  ``rates`` is ``{class: rate}`` or a list indexed by class; classes it does
-    not mention, and patches of class None, get rate 1.  Order is patch-major; the DataLoader
-    shuffles.
+    A patch of class c appears ``1 + r_c`` times, first undeformed, then ``r_c`` times with
+    ``deform=True``.  ``rates`` is ``{class: r_c}`` or a list indexed by class; classes it does
+    not mention, and patches of class None, get r = 0 (used once).  Order is patch-major; the
+    DataLoader shuffles.
     """
     _check_rates(rates)
     index: list[tuple[int, bool]] = []
     for i, cls in enumerate(patch_classes):
         r = int(_rate_of(rates, cls))
         index.append((i, False))
-        index.extend((i, True) for _ in range(r - 1))
+        index.extend((i, True) for _ in range(r))
     return index
 
 
@@ -181,7 +188,7 @@ def expected_counts_after_balancing(
     patch_classes: Sequence[int | None],
     rates: Mapping[int, int] | Sequence[int],
 ) -> np.ndarray:
-    """Pixels per class over one balanced epoch: Σ_p r_class(p) · counts_p, (C,) int64.
+    """Pixels per class over one balanced epoch: Σ_p (1 + r_class(p)) · counts_p, (C,) int64.
 
     "Expected" because a deformed copy keeps its pixel counts only approximately (nearest-
     neighbour resampling of the label can grow or shrink a region by a few pixels).
@@ -192,7 +199,7 @@ def expected_counts_after_balancing(
             f"per_patch_counts must be (n_patches={len(patch_classes)}, C), got {counts.shape}"
         )
     _check_rates(rates)
-    mult = np.array([_rate_of(rates, c) for c in patch_classes], dtype=np.int64)
+    mult = np.array([1 + _rate_of(rates, c) for c in patch_classes], dtype=np.int64)
     return (counts * mult[:, None]).sum(axis=0)
 
 

@@ -30,6 +30,7 @@ class TrainedMethod:
     class_path: str
     checkpoint: Path
     config: Path | None
+    pad_value: int = 255  # the training data's value outside a slide (DMMN: 0)
 
     @property
     def method(self) -> str:
@@ -136,4 +137,6 @@ def load_method(checkpoint: str | Path, config: str | Path | None = None) -> Tra
     except Exception as err:
         raise InputError(path, f"cannot load {cls.__name__} from it: {err}") from None
     model.eval()
-    return TrainedMethod(model, view, class_path, path, cfg_path)
+    pad = data_hparams.get("pad_value") if not config else None
+    pad = pad if pad is not None else _section(data_cfg, "init_args").get("pad_value", 255)
+    return TrainedMethod(model, view, class_path, path, cfg_path, int(pad))

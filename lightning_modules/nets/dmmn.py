@@ -32,6 +32,10 @@ VIEWS = ("20x", "10x", "5x")
 """View order along dim 1 of the input; each view covers twice the field of the one before."""
 
 Arch = Literal["s2", "ms", "m2s", "m3"]
+M3Wiring = Literal["release", "figure"]
+M3_WIRINGS = ("release", "figure")
+"""DMMN-M3 wirings: the authors' released network (default: it made the paper's numbers) and
+the reading of the paper's figure (same-level maps brought up by CONV_TR upsamplers)."""
 
 
 class DMMNNet(nn.Module):
@@ -169,13 +173,14 @@ class DMMNM3(DMMNNet):
     Before each up step of the 20x decoder, its state is concatenated with the 10x and 5x decoder
     maps that cover the same footprint at the same resolution:
 
-    * ``literal_release=False`` (default, the paper's description): the 10x / 5x decoder maps of
-      the *same level* are centre-cropped (x2 / x4) and upsampled by CONV_TR_2 / CONV_TR_4, at all
+    * ``m3_wiring="release"`` (default, the authors' released code, which produced the paper's
+      numbers): no upsamplers; the 10x map is taken one decoder level finer and the 5x map two
+      levels finer, so cropping alone matches the resolution; at the last up step there is no
+      finer 5x level, so it gets the 10x term only.
+    * ``m3_wiring="figure"`` (a reading of the paper's figure): the 10x / 5x decoder maps of the
+      *same level* are centre-cropped (x2 / x4) and upsampled by CONV_TR_2 / CONV_TR_4, at all
       four up steps.  The 10x / 5x decoders stop one level early (their last level would be
       unused, leaving parameters without gradient under DDP).
-    * ``literal_release=True`` (the released code): no upsamplers; the 10x map is taken one decoder
-      level finer and the 5x map two levels finer, so cropping alone matches the resolution; at the
-      last up step there is no finer 5x level, so it gets the 10x term only.
     """
 
     arch = "m3"
@@ -185,13 +190,15 @@ class DMMNM3(DMMNNet):
         num_classes: int,
         width: float = 1.0,
         in_channels: int = 3,
-        literal_release: bool = False,
+        m3_wiring: M3Wiring = "release",
     ):
         super().__init__(num_classes, width, in_channels)
+        if m3_wiring not in M3_WIRINGS:
+            raise ValueError(f"m3_wiring must be one of {M3_WIRINGS}, got {m3_wiring!r}")
         w, n = self.widths, self.depth
-        self.literal_release = literal_release
+        self.m3_wiring = m3_wiring
         self.enc20, self.enc10, self.enc5 = (Encoder(in_channels, w) for _ in range(3))
-        if literal_release:
+        if m3_wiring == "release":
             # Step k reads the 10x state k+1 and (while it exists) the 5x state k+2.
             extra = [w[n - k - 1] + (w[n - k - 2] if k + 2 <= n else 0) for k in range(n)]
             self.dec10, self.dec5 = Decoder(w), Decoder(w)
@@ -212,7 +219,7 @@ class DMMNM3(DMMNNet):
         s10 = self.dec10(self.enc10(x10))
         s5 = self.dec5(self.enc5(x5))
         n = self.depth
-        if self.literal_release:
+        if self.m3_wiring == "release":
             extras = [
                 [centre_crop(s10[k + 1], 2)] + ([centre_crop(s5[k + 2], 4)] if k + 2 <= n else [])
                 for k in range(n)
@@ -233,13 +240,13 @@ def build_dmmn(
     num_classes: int,
     width: float = 1.0,
     in_channels: int = 3,
-    literal_release: bool = False,
+    m3_wiring: M3Wiring = "release",
 ) -> DMMNNet:
-    """Build one of ``"s2" | "ms" | "m2s" | "m3"``; ``literal_release`` applies to ``"m3"`` only."""
+    """Build one of ``"s2" | "ms" | "m2s" | "m3"``; ``m3_wiring`` is read by ``"m3"`` only."""
     if arch not in ARCHS:
         raise ValueError(f"unknown DMMN arch {arch!r}; choose one of {sorted(ARCHS)}")
+    if m3_wiring not in M3_WIRINGS:
+        raise ValueError(f"m3_wiring must be one of {M3_WIRINGS}, got {m3_wiring!r}")
     if arch == "m3":
-        return DMMNM3(num_classes, width, in_channels, literal_release=literal_release)
-    if literal_release:
-        raise ValueError(f"literal_release applies to arch 'm3' only, not {arch!r}")
+        return DMMNM3(num_classes, width, in_channels, m3_wiring=m3_wiring)
     return ARCHS[arch](num_classes, width, in_channels)

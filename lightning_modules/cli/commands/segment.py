@@ -119,6 +119,7 @@ def run(args, slides, trained, out: Path, **trainer_options) -> int:
         "target_mpp": view.mpp,
         "class_map": model.hparams.get("class_map"),
         "overlap": args.overlap,
+        "pad_value": trained.pad_value,
         "min_tissue": None if args.all_tiles else args.min_tissue,
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
@@ -136,6 +137,7 @@ def run(args, slides, trained, out: Path, **trainer_options) -> int:
         use_tissue=not args.all_tiles,
         margin=args.overlap // 2,
         resume=args.resume,
+        pad_value=trained.pad_value,
     )
     trainer = pl.Trainer(
         accelerator=args.accelerator,

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from datamodules.errors import InputError
+from datamodules.sampling.geometry import TileGeometry
 from datamodules.sampling.tissue import tissue_fraction, tissue_mask
 from datamodules.slides.slide import Slide
 from datamodules.views.base import View
@@ -112,32 +113,42 @@ class TrackedSlide(Slide):
 
 @dataclass
 class SlideJob:
-    """One slide to segment: its grid (cols, rows) of cells and the cells on tissue."""
+    """One slide to segment: its grid (cols, rows) of cells, the cells on tissue, the geometry."""
 
     name: str
     slide: Slide
     grid: tuple[int, int]
     cells: np.ndarray  # (N, 2) int64 (row, col), row-major
-    cell_side: float  # level-0 pixels per cell
+    geometry: TileGeometry
+
+    @property
+    def cell_side(self) -> float:
+        """Level-0 pixels per cell."""
+        return self.geometry.footprint(self.slide.mpp)
 
 
 def plan_slide(
-    slide: Slide, view: View, name: str, min_tissue: float = 0.0, use_tissue: bool = True
+    slide: Slide,
+    view: View,
+    name: str,
+    min_tissue: float = 0.0,
+    use_tissue: bool = True,
+    margin: int = 0,
 ) -> SlideJob:
-    """The grid of `view` targets over `slide`, keeping cells with tissue fraction > min_tissue."""
-    side = view.target_footprint(slide)
-    w, h = slide.dimensions
-    cols, rows = max(1, int(np.ceil(w / side - 1e-6))), max(1, int(np.ceil(h / side - 1e-6)))
+    """The grid of `view`'s geometry over `slide` (each tile read and predicted with `margin`
+    extra pixels on each side), keeping cells with tissue fraction > min_tissue."""
+    geometry = view.geometry.with_margin(margin)
+    rows, cols = geometry.grid(slide.dimensions, slide.mpp)
     if use_tissue:
         mask, mask_mpp = tissue_mask(slide)
         frac = tissue_fraction(
-            mask, mask_mpp, slide.mpp, cell=view.size, mpp=view.mpp, dimensions=(w, h)
+            mask, mask_mpp, slide.mpp, geometry.stride, geometry.mpp, dimensions=slide.dimensions
         )[:rows, :cols]
         keep = frac > min_tissue
     else:
         keep = np.ones((rows, cols), bool)
     cells = np.argwhere(keep).astype(np.int64)  # row-major
-    return SlideJob(name, slide, (cols, rows), cells, side)
+    return SlideJob(name, slide, (cols, rows), cells, geometry)
 
 
 class _NoLabels:
@@ -148,13 +159,26 @@ class _NoLabels:
 
 
 class TileDataset(Dataset):
-    """Every tissue cell of `jobs`, slide after slide, each through `view` (with `margin`
-    extra pixels of context on each side at the view's resolution, cropped off afterwards)."""
+    """Every tissue cell of `jobs`, slide after slide, each through `view` at the output corner
+    of its job's geometry (a geometry with a margin reads through the view widened by it)."""
 
-    def __init__(self, jobs: list[SlideJob], view: View, margin: int = 0):
+    def __init__(self, jobs: list[SlideJob], view: View):
         self.jobs = jobs
-        self.margin = int(margin)
-        self.view = dataclasses.replace(view, size=view.size + 2 * margin) if margin else view
+        margins = {(j.geometry.output - view.geometry.output) // 2 for j in jobs}
+        if len(margins) > 1:
+            raise ValueError(f"jobs planned with different margins {sorted(margins)}")
+        self.margin = margins.pop() if margins else 0
+        m = self.margin
+        self.view = dataclasses.replace(view, size=view.size + 2 * m) if m else view
+        g = self.view.geometry
+        for job in jobs:
+            if (g.input, g.output) != (job.geometry.input, job.geometry.output):
+                raise InputError(
+                    None,
+                    f"{type(view).__name__} widened by {m} px reads {g.input}² and predicts "
+                    f"{g.output}², but its tiles need {job.geometry.input}² and "
+                    f"{job.geometry.output}²: its size does not set both (no --overlap for it)",
+                )
         counts = [len(j.cells) for j in jobs]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
@@ -166,9 +190,8 @@ class TileDataset(Dataset):
         job = self.jobs[j]
         k = i - int(self.offsets[j])
         row, col = (int(v) for v in job.cells[k])
-        shift = self.margin * self.view.mpp / job.slide.mpp
-        location = (col * job.cell_side - shift, row * job.cell_side - shift)
         slide = job.slide
+        location = job.geometry.output_corner(row, col, slide.mpp)
         slide.handle  # noqa: B018 - open here, so the counters below are this process's
         decoded = slide.tile_stats.decoded
         touched = getattr(slide, "touched", None)
@@ -182,6 +205,7 @@ class TileDataset(Dataset):
                 "job": j,
                 "row": row,
                 "col": col,
+                "output": job.geometry.output,  # the label grid the writer expects
                 "decoded": slide.tile_stats.decoded - decoded,
                 "tiles": np.fromiter(touched or (), np.int64),
             },
@@ -273,13 +297,14 @@ class WholeSlideData(pl.LightningDataModule):
                 self.names[i],
                 self.min_tissue,
                 self.use_tissue,
+                self.margin,
             )
             for i in sorted(plan[rank])
         ]
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(
-            TileDataset(self.jobs, self.view, self.margin),
+            TileDataset(self.jobs, self.view),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,

@@ -20,9 +20,26 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from datamodules.sampling.geometry import TileGeometry
 from datamodules.wholeslide import SlideJob, output_paths
 from lightning_modules.outputs.mask_writer import GridStitcher, MaskTiffWriter
 from lightning_modules.outputs.slide_files import write_geojson, write_json, write_overlay
+
+
+def kept_labels(outputs: dict, geometry: TileGeometry) -> np.ndarray:
+    """Mask values (class + 1, uint8) of the kept centre ``stride``² of each tile's output.
+
+    Labels on another grid than the output (a predict_step that skips the base task's
+    resizing) are resized to it by nearest neighbour first."""
+    labels = outputs.get("labels")
+    if labels is None:  # a predict_step with probabilities only
+        labels = outputs["probs"].argmax(dim=1)
+    side = geometry.output
+    if tuple(labels.shape[-2:]) != (side, side):
+        labels = F.interpolate(labels[:, None].float(), size=(side, side), mode="nearest")[:, 0]
+    k, s = geometry.keep_offset, geometry.stride
+    labels = (labels[:, k : k + s, k : k + s] + 1).to(torch.uint8)  # mask value = class + 1
+    return labels.cpu().numpy()
 
 
 @dataclass
@@ -86,19 +103,9 @@ class SlideWriter(pl.Callback):
         )
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
-        labels = outputs.get("labels")
-        if labels is None:  # a predict_step with probabilities only
-            labels = outputs["probs"].argmax(dim=1)
-        side = self.view.size + 2 * self.margin
-        if tuple(labels.shape[-2:]) != (side, side):
-            labels = F.interpolate(labels[:, None].float(), size=(side, side), mode="nearest")[:, 0]
-        labels = (labels + 1).to(torch.uint8)  # mask value = class + 1
-        if self.margin:
-            m = self.margin
-            labels = labels[:, m:-m, m:-m]
-        labels = labels.cpu().numpy()
         meta = batch["meta"]
         jobs, rows, cols = (meta[k].tolist() for k in ("job", "row", "col"))
+        labels = kept_labels(outputs, self.jobs[jobs[0]].geometry) if jobs else None
         decoded = meta["decoded"].tolist()
         zoom = outputs.get("zoom")
         zoom = None if zoom is None else torch.as_tensor(zoom).float().flatten().tolist()
@@ -159,8 +166,7 @@ class SlideWriter(pl.Callback):
             description=f"wsiseg label mask of {slide.path.name} by {self.info.get('method')}; "
             f"values: 0 = not segmented, {values}",
         )
-        scale = job.cell_side / self.view.size  # level-0 pixels per model pixel
-        stitcher = GridStitcher(writer, job.grid, self.view.size, scale)
+        stitcher = GridStitcher.for_geometry(writer, job.grid, job.geometry, slide.mpp)
         start = self._clock if index == 0 else time.perf_counter()
         self._cur = _Open(index, job, writer, stitcher, start)
         self._next = index + 1

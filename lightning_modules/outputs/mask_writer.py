@@ -309,6 +309,11 @@ class GridStitcher:
         self._band_start = 0  # model row of self._band[0]
         self._y = 0  # next level-0 row to emit
 
+    @classmethod
+    def for_geometry(cls, writer: MaskTiffWriter, grid, geometry, slide_mpp: float):
+        """The stitcher of a `TileGeometry`'s grid: cells are its kept ``stride``² centres."""
+        return cls(writer, grid, geometry.stride, geometry.scale(slide_mpp))
+
     def put(self, row: int, col: int, labels: np.ndarray) -> None:
         """Labels (cell, cell) of grid cell (row, col); cells come in row-major order."""
         if row < self._row:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from datamodules.errors import InputError
 from datamodules.sampling.geometry import TileGeometry
 from datamodules.sampling.tissue import tissue_fraction, tissue_mask
+from datamodules.slides.shared_cache import SharedTileCache
 from datamodules.slides.slide import Slide
+from datamodules.slides.tilecache import use_shared_cache
 from datamodules.views.base import View
 
 SLIDE_SUFFIXES = {
@@ -189,6 +194,7 @@ class TileDataset(Dataset):
         j = int(np.searchsorted(self.offsets, i, side="right") - 1)
         job = self.jobs[j]
         k = i - int(self.offsets[j])
+        start = time.perf_counter()
         row, col = (int(v) for v in job.cells[k])
         slide = job.slide
         location = job.geometry.output_corner(row, col, slide.mpp)
@@ -213,6 +219,7 @@ class TileDataset(Dataset):
         for key, arr in (rest[0] if rest else {}).items():  # e.g. RAZN's zoomed fields
             if np.ndim(arr) == 3:  # images only: label extras are the dummy labels above
                 sample[key] = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        sample["meta"]["read_seconds"] = time.perf_counter() - start
         return sample
 
 
@@ -303,6 +310,8 @@ class WholeSlideData(pl.LightningDataModule):
         ]
 
     def predict_dataloader(self) -> DataLoader:
+        cache = shared_cache(self.jobs, self.num_workers)
+        device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
         return DataLoader(
             TileDataset(self.jobs, self.view),
             batch_size=self.batch_size,
@@ -310,4 +319,37 @@ class WholeSlideData(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate,
             persistent_workers=False,
+            worker_init_fn=None if cache is None else functools.partial(_read_through, cache),
+            pin_memory=device is not None and device.type == "cuda",
         )
+
+    # host -> device copy time, for the per-stage timings of `SlideWriter`
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        self.transfer_started = time.perf_counter()
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        self.transfer_seconds = time.perf_counter() - self.transfer_started
+        return batch
+
+
+def shared_cache(jobs: list[SlideJob], num_workers: int) -> SharedTileCache | None:
+    """One decoded-tile cache for all `num_workers` DataLoader workers (None without workers),
+    as large as their own caches would be together (``WSISEG_TILE_CACHE_MB`` each), with slots
+    for the largest tile of the slides' levels (up to 4 MiB: larger strips stay per process)."""
+    mb = float(os.environ.get("WSISEG_TILE_CACHE_MB", "512"))
+    if num_workers < 1 or mb <= 0:
+        return None
+    sizes = [
+        level.tile_bytes
+        for job in jobs
+        for i in range(job.slide.level_count)
+        if (level := job.slide.tiled_level(i)) is not None and level.tile_bytes <= 4 * 2**20
+    ]
+    if not sizes:
+        return None
+    return SharedTileCache(int(mb * 2**20) * num_workers, max(sizes))
+
+
+def _read_through(cache: SharedTileCache, worker_id: int) -> None:
+    use_shared_cache(cache)

@@ -55,6 +55,14 @@ class _Open:
     decoded: int = 0
     touched: set = field(default_factory=set)
     zoom: list = field(default_factory=list)
+    stages: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+#: Per-stage seconds in the summary JSON: DataLoader workers' reads (CPU seconds summed over
+#: tiles: workers run in parallel), waiting for a batch, host <-> device copies, predict_step
+#: (on a GPU its kernels run asynchronously and are waited for by the copy back), stitching,
+#: and the mask writer plus overlay/GeoJSON files.
+STAGES = ("read", "wait", "transfer", "model", "stitch", "write")
 
 
 class SlideWriter(pl.Callback):
@@ -88,7 +96,7 @@ class SlideWriter(pl.Callback):
         self.device = device
         self._next, self._cur = 0, None
         self._started = True
-        self._clock = time.perf_counter()
+        self._clock = self._batch_end = time.perf_counter()
         from tqdm.auto import tqdm
 
         total = sum(len(j.cells) for j in self.jobs)
@@ -102,16 +110,35 @@ class SlideWriter(pl.Callback):
             dynamic_ncols=True,
         )
 
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0):
+        self._batch_start = time.perf_counter()
+
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
+        t0 = time.perf_counter()
         meta = batch["meta"]
         jobs, rows, cols = (meta[k].tolist() for k in ("job", "row", "col"))
         labels = kept_labels(outputs, self.jobs[jobs[0]].geometry) if jobs else None
+        copied = time.perf_counter()
+        transfer = getattr(trainer.datamodule, "transfer_seconds", 0.0)
+        batch_stages = {
+            "wait": max(0.0, self._batch_start - self._batch_end - transfer),
+            "transfer": transfer + copied - t0,
+            "model": t0 - self._batch_start,
+        }
         decoded = meta["decoded"].tolist()
+        reads = meta["read_seconds"].tolist() if "read_seconds" in meta else [0.0] * len(jobs)
         zoom = outputs.get("zoom")
         zoom = None if zoom is None else torch.as_tensor(zoom).float().flatten().tolist()
         for i, j in enumerate(jobs):
             cur = self._switch_to(j)
+            before, start = cur.writer.seconds, time.perf_counter()
             cur.stitcher.put(rows[i], cols[i], labels[i])
+            written = cur.writer.seconds - before
+            cur.stages["stitch"] += time.perf_counter() - start - written
+            cur.stages["write"] += written
+            cur.stages["read"] += reads[i]
+            for k, v in batch_stages.items():
+                cur.stages[k] += v / len(jobs)
             cur.tiles += 1
             cur.decoded += decoded[i]
             cur.touched.update(meta["tiles"][i].tolist())
@@ -119,6 +146,7 @@ class SlideWriter(pl.Callback):
                 cur.zoom.append(zoom[i])
         if self._bar is not None:
             self._bar.update(len(jobs))
+        self._batch_end = time.perf_counter()
 
     def finish(self, trainer, model) -> None:
         """Write what the predict loop did not: Lightning skips the loop (and its hooks) on a
@@ -175,18 +203,20 @@ class SlideWriter(pl.Callback):
         cur, self._cur = self._cur, None
         job, slide = cur.job, cur.job.slide
         paths = output_paths(self.out_dir, job.name)
+        start = time.perf_counter()
         try:
             cur.stitcher.finish()
             cur.writer.close()
         except BaseException:
             cur.writer.abort()
             raise
-        seconds = time.perf_counter() - cur.start
         w = cur.writer
         write_overlay(paths["overlay"], slide, w.lowres, w.lowres_ds, self.class_names, self.colors)
         write_geojson(
             paths["geojson"], w.lowres, w.lowres_ds, self.class_names, self.colors, slide.mpp
         )
+        seconds = time.perf_counter() - cur.start
+        cur.stages["write"] += time.perf_counter() - start
         summary = self._summary(cur, seconds, paths)
         write_json(paths["json"], summary)
         self.written.append(summary)
@@ -233,6 +263,7 @@ class SlideWriter(pl.Callback):
             "tiles_decoded": cur.decoded,
             "tiles_needed": needed,
             "decode_amplification": cur.decoded / needed if needed and cur.decoded else None,
+            "stage_seconds": {k: round(v, 4) for k, v in cur.stages.items()},
             "device": self.device,
             "rank": self.rank,
             "world_size": self.world,

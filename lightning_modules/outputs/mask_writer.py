@@ -19,6 +19,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,6 +115,7 @@ class MaskTiffWriter:
         self._spool = (
             _Spool(self.width // SPOOL_DOWNSAMPLE, self.path.parent) if self.levels else None
         )
+        self.seconds = 0.0
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._y = 0  # level-0 rows received
@@ -149,7 +151,14 @@ class MaskTiffWriter:
 
     # ------------------------------------------------------------------ producer side
     def write(self, rows: np.ndarray) -> None:
-        """Append level-0 rows (n, width) uint8."""
+        """Append level-0 rows (n, width) uint8 (`seconds` adds up the time spent here)."""
+        start = time.perf_counter()
+        try:
+            self._write(rows)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _write(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
         if rows.ndim != 2 or rows.shape[1] != self.width:
             raise ValueError(f"expected rows of width {self.width}, got shape {rows.shape}")

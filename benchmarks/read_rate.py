@@ -1,0 +1,70 @@
+"""Whole-slide inference against the read rate: `wsiseg segment` with the trivial model over the
+one-process view-read rate of the same slide, and its decode amplification, per worker count.
+
+    python -m benchmarks.read_rate data/bench/slide_00.tiff ../shared/data/real/small_HE.svs
+
+Per slide: the view-read rate (`bench_segment.view_reads`: the first 1000 tissue targets through
+DMMN's view in this process, no model), then `segment` (this process, the command's own code)
+with the trivial 1x1-conv checkpoint of `bench_segment` at each `--workers` count, whole slide;
+the ratio is segment's steady tiles/s over the view-read rate measured just before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+from . import bench_reads, bench_segment
+
+
+def segment(ckpt: Path, slide: Path, out: Path, workers: int) -> dict:
+    """`wsiseg segment --num-workers W` in this process: summary JSON + steady tiles/s."""
+    from lightning_modules.cli.checkpoints import load_method
+    from lightning_modules.cli.commands.segment import build_parser, run
+
+    args = build_parser().parse_args(
+        [str(slide), "--ckpt", str(ckpt), "--out", str(out), "--overwrite", "--no-progress",
+         "--num-workers", str(workers)]
+    )  # fmt: skip
+    bench_reads._fresh_cache(512)
+    clock = bench_segment.BatchClock()
+    run(args, [slide], load_method(ckpt), out, callbacks=[clock])
+    info = json.loads((out / f"{slide.stem}.json").read_text())
+    return {**info, "steady_tiles_per_second": clock.tiles_per_second}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("slides", nargs="+", type=Path)
+    p.add_argument("--workers", type=int, nargs="+", default=[2], help="DataLoader workers")
+    p.add_argument("--work", type=Path, default=Path("data/bench/read_rate"), help="outputs")
+    args = p.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    ckpt = bench_segment.checkpoints(args.work / "checkpoints")["trivial (1x1 conv)"]
+    print("| slide | workers | view reads, 1 process | segment (steady / end to end) | ratio "
+          "| decode amplification | stages (s) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for slide in args.slides:
+        for workers in args.workers:
+            reads, _ = bench_segment.view_reads(slide, 1000)
+            start = time.perf_counter()
+            info = segment(ckpt, slide, args.work / "segment", workers)
+            wall = time.perf_counter() - start
+            tps, amp = info["steady_tiles_per_second"], info["decode_amplification"]
+            stages = info.get("stage_seconds") or {}
+            stage_text = ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) or "-"
+            print(
+                f"| {slide.name} | {workers} | {reads:.0f} tiles/s | {tps:.0f} / "
+                f"{info['tiles_per_second']:.0f} tiles/s ({info['tiles']} tiles, {wall:.0f} s) | "
+                f"{tps / reads:.3f} | {amp if amp is None else round(amp, 3)} | {stage_text} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

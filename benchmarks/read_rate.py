@@ -21,7 +21,7 @@ from pathlib import Path
 from . import bench_reads, bench_segment
 
 
-def segment(ckpt: Path, slide: Path, out: Path, workers: int) -> dict:
+def segment(ckpt: Path, slide: Path, out: Path, workers: int, max_tiles: int = 0) -> dict:
     """`wsiseg segment --num-workers W` in this process: summary JSON + steady tiles/s."""
     from lightning_modules.cli.checkpoints import load_method
     from lightning_modules.cli.commands.segment import build_parser, run
@@ -32,7 +32,8 @@ def segment(ckpt: Path, slide: Path, out: Path, workers: int) -> dict:
     )  # fmt: skip
     bench_reads._fresh_cache(512)
     clock = bench_segment.BatchClock()
-    run(args, [slide], load_method(ckpt), out, callbacks=[clock])
+    limit = {"limit_predict_batches": -(-max_tiles // args.batch_size)} if max_tiles else {}
+    run(args, [slide], load_method(ckpt), out, callbacks=[clock], **limit)
     info = json.loads((out / f"{slide.stem}.json").read_text())
     return {**info, "steady_tiles_per_second": clock.tiles_per_second}
 
@@ -42,7 +43,13 @@ def main() -> None:
     p.add_argument("slides", nargs="+", type=Path)
     p.add_argument("--workers", type=int, nargs="+", default=[2], help="DataLoader workers")
     p.add_argument("--work", type=Path, default=Path("data/bench/read_rate"), help="outputs")
+    p.add_argument("--max-tiles", type=int, default=0, help="stop after this many (0: all)")
+    p.add_argument("--torch-threads", type=int, help="torch intra-op threads of this process")
     args = p.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     ckpt = bench_segment.checkpoints(args.work / "checkpoints")["trivial (1x1 conv)"]
@@ -53,7 +60,7 @@ def main() -> None:
         for workers in args.workers:
             reads, _ = bench_segment.view_reads(slide, 1000)
             start = time.perf_counter()
-            info = segment(ckpt, slide, args.work / "segment", workers)
+            info = segment(ckpt, slide, args.work / "segment", workers, args.max_tiles)
             wall = time.perf_counter() - start
             tps, amp = info["steady_tiles_per_second"], info["decode_amplification"]
             stages = info.get("stage_seconds") or {}

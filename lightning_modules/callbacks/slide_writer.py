@@ -32,14 +32,14 @@ def kept_labels(outputs: dict, geometry: TileGeometry) -> np.ndarray:
     Labels on another grid than the output (a predict_step that skips the base task's
     resizing) are resized to it by nearest neighbour first."""
     labels = outputs.get("labels")
-    if labels is None:  # a predict_step with probabilities only
+    if labels is None:  # a predict_step with probabilities only (not switched off by this)
         labels = outputs["probs"].argmax(dim=1)
     side = geometry.output
     if tuple(labels.shape[-2:]) != (side, side):
         labels = F.interpolate(labels[:, None].float(), size=(side, side), mode="nearest")[:, 0]
     k, s = geometry.keep_offset, geometry.stride
-    labels = (labels[:, k : k + s, k : k + s] + 1).to(torch.uint8)  # mask value = class + 1
-    return labels.cpu().numpy()
+    labels = labels[:, k : k + s, k : k + s].to(torch.uint8) + 1  # mask value = class + 1
+    return labels.cpu().numpy()  # on a GPU: only the kept uint8 pixels come back
 
 
 @dataclass
@@ -86,6 +86,9 @@ class SlideWriter(pl.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_predict_start(self, trainer, pl_module) -> None:
+        self._probabilities = getattr(pl_module, "predict_probabilities", None)
+        if self._probabilities is not None:
+            pl_module.predict_probabilities = False  # labels are all this writer needs
         self._start(trainer, str(pl_module.device))
 
     def _start(self, trainer, device: str) -> None:
@@ -157,6 +160,8 @@ class SlideWriter(pl.Callback):
         self.on_predict_end(trainer, model)
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        if getattr(self, "_probabilities", None) is not None:
+            pl_module.predict_probabilities = self._probabilities
         if self._cur is not None:
             self._finish()
         while self._next < len(self.jobs):  # trailing slides without tissue
@@ -167,6 +172,8 @@ class SlideWriter(pl.Callback):
             self._bar = None
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        if getattr(self, "_probabilities", None) is not None:
+            pl_module.predict_probabilities = self._probabilities
         if self._cur is not None:
             self._cur.writer.abort()
             self._cur = None

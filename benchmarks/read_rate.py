@@ -38,6 +38,27 @@ def segment(ckpt: Path, slide: Path, out: Path, workers: int, max_tiles: int = 0
     return {**info, "steady_tiles_per_second": clock.tiles_per_second}
 
 
+def band_splits(slide: Path, workers: int = 2) -> list[tuple[str, float]]:
+    """Decode amplification if `workers` workers with private caches (unbounded) split the
+    slide's DMMN targets by bands of rows, halves or column halves: the stored tiles each
+    worker's targets touch, summed over workers, over the distinct tiles."""
+    from datamodules.wholeslide import TileDataset, TrackedSlide, plan_slide
+
+    job = plan_slide(TrackedSlide(slide), bench_segment.VIEW, "split")
+    data = TileDataset([job], bench_segment.VIEW)
+    sets = [set(data[i]["meta"]["tiles"].tolist()) for i in range(len(data))]
+    rows, cols, n = job.cells[:, 0], job.cells[:, 1], len(sets)
+    splits = {f"bands of {h} rows": [(r // h) % workers for r in rows] for h in (1, 2, 4, 8)}
+    splits["halves"] = [i * workers // n for i in range(n)]
+    splits["column halves"] = [c * workers // job.grid[0] for c in cols]
+    distinct = len(set().union(*sets))
+    return [
+        (name, sum(len(set().union(set(), *(t for t, a in zip(sets, who, strict=True) if a == w)))
+                   for w in range(workers)) / distinct)
+        for name, who in splits.items()
+    ]  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("slides", nargs="+", type=Path)
@@ -45,7 +66,13 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("data/bench/read_rate"), help="outputs")
     p.add_argument("--max-tiles", type=int, default=0, help="stop after this many (0: all)")
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads of this process")
+    p.add_argument("--band-splits", action="store_true", help="only the band-split figures")
     args = p.parse_args()
+    if args.band_splits:
+        for slide in args.slides:
+            for name, amp in band_splits(slide, max(args.workers)):
+                print(f"{slide.name}: {name}: decode amplification {amp:.2f}")
+        return
     if args.torch_threads:
         import torch
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass
@@ -338,8 +339,8 @@ def shared_cache(jobs: list[SlideJob], num_workers: int) -> SharedTileCache | No
     as large as their own caches would be together (``WSISEG_TILE_CACHE_MB`` each), with slots
     for the largest tile of the slides' levels (up to 4 MiB: larger strips stay per process)."""
     mb = float(os.environ.get("WSISEG_TILE_CACHE_MB", "512"))
-    if num_workers < 1 or mb <= 0:
-        return None
+    if num_workers < 1 or mb <= 0 or multiprocessing.get_start_method() != "fork":
+        return None  # (spawned workers would not inherit the table: private caches then)
     sizes = [
         level.tile_bytes
         for job in jobs

@@ -55,6 +55,10 @@ class PixelModel(SegmentationTask):
     def configure_models(self) -> None:
         self.net = _TargetView(self.num_classes)
 
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Normalises only the view the net uses (the base task would convert all three)."""
+        return self.net(self.normalize(image[:, :1] if image.ndim == 5 else image))
+
 
 def save_checkpoint(model: SegmentationTask, path: Path) -> Path:
     """A checkpoint as `wsiseg fit` writes one: weights, class path, hparams, the view."""

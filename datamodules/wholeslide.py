@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
+import multiprocessing
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from datamodules.errors import InputError
+from datamodules.sampling.geometry import TileGeometry
 from datamodules.sampling.tissue import tissue_fraction, tissue_mask
+from datamodules.slides.shared_cache import SharedTileCache
 from datamodules.slides.slide import Slide
+from datamodules.slides.tilecache import use_shared_cache
 from datamodules.views.base import View
 
 SLIDE_SUFFIXES = {
@@ -112,32 +119,42 @@ class TrackedSlide(Slide):
 
 @dataclass
 class SlideJob:
-    """One slide to segment: its grid (cols, rows) of cells and the cells on tissue."""
+    """One slide to segment: its grid (cols, rows) of cells, the cells on tissue, the geometry."""
 
     name: str
     slide: Slide
     grid: tuple[int, int]
     cells: np.ndarray  # (N, 2) int64 (row, col), row-major
-    cell_side: float  # level-0 pixels per cell
+    geometry: TileGeometry
+
+    @property
+    def cell_side(self) -> float:
+        """Level-0 pixels per cell."""
+        return self.geometry.footprint(self.slide.mpp)
 
 
 def plan_slide(
-    slide: Slide, view: View, name: str, min_tissue: float = 0.0, use_tissue: bool = True
+    slide: Slide,
+    view: View,
+    name: str,
+    min_tissue: float = 0.0,
+    use_tissue: bool = True,
+    margin: int = 0,
 ) -> SlideJob:
-    """The grid of `view` targets over `slide`, keeping cells with tissue fraction > min_tissue."""
-    side = view.target_footprint(slide)
-    w, h = slide.dimensions
-    cols, rows = max(1, int(np.ceil(w / side - 1e-6))), max(1, int(np.ceil(h / side - 1e-6)))
+    """The grid of `view`'s geometry over `slide` (each tile read and predicted with `margin`
+    extra pixels on each side), keeping cells with tissue fraction > min_tissue."""
+    geometry = view.geometry.with_margin(margin)
+    rows, cols = geometry.grid(slide.dimensions, slide.mpp)
     if use_tissue:
         mask, mask_mpp = tissue_mask(slide)
         frac = tissue_fraction(
-            mask, mask_mpp, slide.mpp, cell=view.size, mpp=view.mpp, dimensions=(w, h)
+            mask, mask_mpp, slide.mpp, geometry.stride, geometry.mpp, dimensions=slide.dimensions
         )[:rows, :cols]
         keep = frac > min_tissue
     else:
         keep = np.ones((rows, cols), bool)
     cells = np.argwhere(keep).astype(np.int64)  # row-major
-    return SlideJob(name, slide, (cols, rows), cells, side)
+    return SlideJob(name, slide, (cols, rows), cells, geometry)
 
 
 class _NoLabels:
@@ -148,13 +165,26 @@ class _NoLabels:
 
 
 class TileDataset(Dataset):
-    """Every tissue cell of `jobs`, slide after slide, each through `view` (with `margin`
-    extra pixels of context on each side at the view's resolution, cropped off afterwards)."""
+    """Every tissue cell of `jobs`, slide after slide, each through `view` at the output corner
+    of its job's geometry (a geometry with a margin reads through the view widened by it)."""
 
-    def __init__(self, jobs: list[SlideJob], view: View, margin: int = 0):
+    def __init__(self, jobs: list[SlideJob], view: View):
         self.jobs = jobs
-        self.margin = int(margin)
-        self.view = dataclasses.replace(view, size=view.size + 2 * margin) if margin else view
+        margins = {(j.geometry.output - view.geometry.output) // 2 for j in jobs}
+        if len(margins) > 1:
+            raise ValueError(f"jobs planned with different margins {sorted(margins)}")
+        self.margin = margins.pop() if margins else 0
+        m = self.margin
+        self.view = dataclasses.replace(view, size=view.size + 2 * m) if m else view
+        g = self.view.geometry
+        for job in jobs:
+            if (g.input, g.output) != (job.geometry.input, job.geometry.output):
+                raise InputError(
+                    None,
+                    f"{type(view).__name__} widened by {m} px reads {g.input}² and predicts "
+                    f"{g.output}², but its tiles need {job.geometry.input}² and "
+                    f"{job.geometry.output}²: its size does not set both (no --overlap for it)",
+                )
         counts = [len(j.cells) for j in jobs]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
@@ -165,10 +195,10 @@ class TileDataset(Dataset):
         j = int(np.searchsorted(self.offsets, i, side="right") - 1)
         job = self.jobs[j]
         k = i - int(self.offsets[j])
+        start = time.perf_counter()
         row, col = (int(v) for v in job.cells[k])
-        shift = self.margin * self.view.mpp / job.slide.mpp
-        location = (col * job.cell_side - shift, row * job.cell_side - shift)
         slide = job.slide
+        location = job.geometry.output_corner(row, col, slide.mpp)
         slide.handle  # noqa: B018 - open here, so the counters below are this process's
         decoded = slide.tile_stats.decoded
         touched = getattr(slide, "touched", None)
@@ -182,6 +212,7 @@ class TileDataset(Dataset):
                 "job": j,
                 "row": row,
                 "col": col,
+                "output": job.geometry.output,  # the label grid the writer expects
                 "decoded": slide.tile_stats.decoded - decoded,
                 "tiles": np.fromiter(touched or (), np.int64),
             },
@@ -189,6 +220,7 @@ class TileDataset(Dataset):
         for key, arr in (rest[0] if rest else {}).items():  # e.g. RAZN's zoomed fields
             if np.ndim(arr) == 3:  # images only: label extras are the dummy labels above
                 sample[key] = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        sample["meta"]["read_seconds"] = time.perf_counter() - start
         return sample
 
 
@@ -276,16 +308,52 @@ class WholeSlideData(pl.LightningDataModule):
                 self.names[i],
                 self.min_tissue,
                 self.use_tissue,
+                self.margin,
             )
             for i in sorted(plan[rank])
         ]
 
     def predict_dataloader(self) -> DataLoader:
+        cache = shared_cache(self.jobs, self.num_workers)
+        device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
         return DataLoader(
-            TileDataset(self.jobs, self.view, self.margin),
+            TileDataset(self.jobs, self.view),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=collate,
             persistent_workers=False,
+            worker_init_fn=None if cache is None else functools.partial(_read_through, cache),
+            pin_memory=device is not None and device.type == "cuda",
         )
+
+    # host -> device copy time, for the per-stage timings of `SlideWriter`
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        self.transfer_started = time.perf_counter()
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        self.transfer_seconds = time.perf_counter() - self.transfer_started
+        return batch
+
+
+def shared_cache(jobs: list[SlideJob], num_workers: int) -> SharedTileCache | None:
+    """One decoded-tile cache for all `num_workers` DataLoader workers (None without workers),
+    as large as their own caches would be together (``WSISEG_TILE_CACHE_MB`` each), with slots
+    for the largest tile of the slides' levels (up to 4 MiB: larger strips stay per process)."""
+    mb = float(os.environ.get("WSISEG_TILE_CACHE_MB", "512"))
+    if num_workers < 1 or mb <= 0 or multiprocessing.get_start_method() != "fork":
+        return None  # (spawned workers would not inherit the table: private caches then)
+    sizes = [
+        level.tile_bytes
+        for job in jobs
+        for i in range(job.slide.level_count)
+        if (level := job.slide.tiled_level(i)) is not None and level.tile_bytes <= 4 * 2**20
+    ]
+    if not sizes:
+        return None
+    return SharedTileCache(int(mb * 2**20) * num_workers, max(sizes))
+
+
+def _read_through(cache: SharedTileCache, worker_id: int) -> None:
+    use_shared_cache(cache)

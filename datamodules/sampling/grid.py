@@ -1,4 +1,4 @@
-"""Where to sample: a stride-`size` grid of target patches, tissue-masked, with class statistics.
+"""Where to sample: the view's `TileGeometry` grid, tissue-masked, with class statistics.
 
 Per slide, one coarse label raster (``k`` pixels per grid cell) and one Otsu tissue mask give, for
 every cell, the tissue fraction, the annotated fraction (labels other than IGNORE) and estimated
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from datamodules.labels.classmaps import IGNORE
+from datamodules.sampling.geometry import TileGeometry
 from datamodules.sampling.tissue import tissue_fraction, tissue_mask
 from datamodules.slides.slide import Slide
 
@@ -34,19 +35,22 @@ def grid_index(
     slide: Slide,
     labels,
     num_classes: int,
-    size: int,
-    mpp: float,
+    geometry: TileGeometry | int,
+    mpp: float | None = None,
     *,
     min_annotated: float = 0.01,
     min_tissue: float = 0.1,
     tissue_mpp: float = 16.0,
     k: int = 16,
 ) -> GridIndex:
-    """Cells of a stride-`size` grid (at `mpp`) with > `min_annotated` labelled pixels and at
-    least `min_tissue` tissue (Otsu); `min_tissue=0` turns tissue masking off."""
-    step = size * mpp / slide.mpp  # level-0 side of a cell
-    w, h = slide.dimensions
-    cols, rows = max(1, int(np.ceil(w / step - 1e-6))), max(1, int(np.ceil(h / step - 1e-6)))
+    """Cells of the `geometry`'s grid (a bare size and `mpp`: ``TileGeometry(size, size, mpp)``)
+    with > `min_annotated` labelled pixels and at least `min_tissue` tissue (Otsu) in the cell;
+    `min_tissue=0` turns tissue masking off. Positions are the outputs' top-left corners."""
+    if not isinstance(geometry, TileGeometry):
+        geometry = TileGeometry(geometry, geometry, mpp)
+    size, mpp = geometry.stride, geometry.mpp
+    step = geometry.footprint(slide.mpp)  # level-0 side of a cell
+    rows, cols = geometry.grid(slide.dimensions, slide.mpp)
     coarse = labels.read((0, 0), (cols * k, rows * k), mpp * size / k)
     cells = coarse.reshape(rows, k, cols, k).transpose(0, 2, 1, 3).reshape(rows * cols, k * k)
     binned = np.where(cells == IGNORE, num_classes, np.minimum(cells, num_classes))
@@ -62,7 +66,8 @@ def grid_index(
     keep = (annotated > min_annotated) & (tissue >= min_tissue)
     idx = np.flatnonzero(keep)
     ys, xs = np.divmod(idx, cols)
-    positions = np.stack([xs * step, ys * step], axis=1).astype(np.float64)
+    shift = geometry.output_corner(0, 0, slide.mpp)[0]  # 0 unless outputs overlap
+    positions = np.stack([xs * step + shift, ys * step + shift], axis=1).astype(np.float64)
     scale = (size / k) ** 2
     return GridIndex(
         positions=positions,

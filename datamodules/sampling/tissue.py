@@ -8,10 +8,10 @@ and resizing follow the one geometry convention of the suite.
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
+
+from datamodules.sampling.geometry import grid_shape
 
 #: Otsu never puts the tissue threshold below this saturation (0-255). Stained tissue is clearly
 #: coloured (H&E stroma ~60, nuclei ~100+), glass and dust are grey; without the floor Otsu
@@ -142,8 +142,7 @@ def tissue_fraction(
         ext_w, ext_h = mask.shape[1] * mask_mpp / slide_mpp, mask.shape[0] * mask_mpp / slide_mpp
     else:
         ext_w, ext_h = float(dimensions[0]), float(dimensions[1])
-    cols = max(1, math.ceil(ext_w / cell_l0 - 1e-6))
-    rows = max(1, math.ceil(ext_h / cell_l0 - 1e-6))
+    rows, cols = grid_shape((ext_w, ext_h), cell_l0)
     m = mask.astype(np.float64)
     # integral image padded with its last row/column so positions past the mask add nothing
     integral = cv2.integral(m)  # (h + 1, w + 1), integral[y, x] = sum of m[:y, :x]

@@ -45,6 +45,12 @@ class TileCache:
                 _, old = self._items.popitem(last=False)
                 self.bytes -= old.nbytes
 
+    def discard(self, key) -> None:
+        """Nothing to undo: a failed decode never entered the cache."""
+
+    def fits(self, nbytes: int) -> bool:
+        return True
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
@@ -53,10 +59,22 @@ class TileCache:
 
 _CACHE: TileCache | None = None
 _CACHE_PID: int | None = None
+_SHARED = None  # a SharedTileCache this process reads through (DataLoader workers)
+
+
+def use_shared_cache(cache) -> None:
+    """Read through `cache` (a `shared_cache.SharedTileCache`; None: the process cache again)."""
+    global _SHARED
+    _SHARED = cache
 
 
 def process_cache() -> TileCache:
-    """The tile cache of this process (a forked worker starts with an empty one)."""
+    """The tile cache of this process (a forked worker starts with an empty one), or the
+    shared one it was told to use."""
+    return _SHARED if _SHARED is not None else _local_cache()
+
+
+def _local_cache() -> TileCache:
     global _CACHE, _CACHE_PID
     if _CACHE is None or _CACHE_PID != os.getpid():
         mb = float(os.environ.get("WSISEG_TILE_CACHE_MB", "512"))
@@ -85,6 +103,7 @@ class TiledLevel:
             self.tile_w, self.tile_h = w, page.rowsperstrip or h
         self.across = -(-w // self.tile_w)
         self.down = -(-h // self.tile_h)
+        self.tile_bytes = self.tile_w * self.tile_h * int(getattr(page, "samplesperpixel", 3))
 
     @staticmethod
     def supports(page) -> bool:
@@ -100,17 +119,23 @@ class TiledLevel:
             return False
 
     def tile(self, index: int, cache: TileCache, stats: TileStats) -> np.ndarray:
+        if not cache.fits(self.tile_bytes):  # e.g. whole-image strips: not worth sharing
+            cache = _local_cache()
         key = (self.key, index)
         tile = cache.get(key)
         if tile is not None:
             stats.hits += 1
             return tile
-        offset, count = self.page.dataoffsets[index], self.page.databytecounts[index]
-        with self.fh.lock:
-            self.fh.seek(offset)
-            data = self.fh.read(count)
-        decoded, _, _ = self.page.decode(data, index, jpegtables=self.page.jpegtables)
-        tile = np.ascontiguousarray(decoded.reshape(decoded.shape[-3:]))
+        try:
+            offset, count = self.page.dataoffsets[index], self.page.databytecounts[index]
+            with self.fh.lock:
+                self.fh.seek(offset)
+                data = self.fh.read(count)
+            decoded, _, _ = self.page.decode(data, index, jpegtables=self.page.jpegtables)
+            tile = np.ascontiguousarray(decoded.reshape(decoded.shape[-3:]))
+        except BaseException:
+            cache.discard(key)  # a shared cache's waiters decode it themselves
+            raise
         stats.decoded += 1
         cache.put(key, tile)
         return tile

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from datamodules.sampling.geometry import TileGeometry
 from datamodules.slides.slide import Slide, mpp_of
 
 
@@ -25,9 +26,15 @@ class View(ABC):
         """Micrometres per pixel of the target patch."""
         return mpp_of(self.magnification)
 
+    @property
+    def geometry(self) -> TileGeometry:
+        """Input, output (= labelled target) and grid stride of the method's patches: all
+        ``size`` here; a view whose method predicts less than it reads overrides this."""
+        return TileGeometry(self.size, self.size, self.mpp)
+
     def target_footprint(self, slide: Slide) -> float:
-        """Level-0 side of the labelled target patch (the grid stride of samplers)."""
-        return self.size * self.mpp / slide.mpp
+        """Level-0 side of the labelled target patch (the geometry's output)."""
+        return self.geometry.output * self.mpp / slide.mpp
 
     @property
     @abstractmethod

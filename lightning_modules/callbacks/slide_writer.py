@@ -20,9 +20,26 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from datamodules.sampling.geometry import TileGeometry
 from datamodules.wholeslide import SlideJob, output_paths
 from lightning_modules.outputs.mask_writer import GridStitcher, MaskTiffWriter
 from lightning_modules.outputs.slide_files import write_geojson, write_json, write_overlay
+
+
+def kept_labels(outputs: dict, geometry: TileGeometry) -> np.ndarray:
+    """Mask values (class + 1, uint8) of the kept centre ``stride``² of each tile's output.
+
+    Labels on another grid than the output (a predict_step that skips the base task's
+    resizing) are resized to it by nearest neighbour first."""
+    labels = outputs.get("labels")
+    if labels is None:  # a predict_step with probabilities only (not switched off by this)
+        labels = outputs["probs"].argmax(dim=1)
+    side = geometry.output
+    if tuple(labels.shape[-2:]) != (side, side):
+        labels = F.interpolate(labels[:, None].float(), size=(side, side), mode="nearest")[:, 0]
+    k, s = geometry.keep_offset, geometry.stride
+    labels = labels[:, k : k + s, k : k + s].to(torch.uint8) + 1  # mask value = class + 1
+    return labels.cpu().numpy()  # on a GPU: only the kept uint8 pixels come back
 
 
 @dataclass
@@ -38,6 +55,14 @@ class _Open:
     decoded: int = 0
     touched: set = field(default_factory=set)
     zoom: list = field(default_factory=list)
+    stages: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+#: Per-stage seconds in the summary JSON: DataLoader workers' reads (CPU seconds summed over
+#: tiles: workers run in parallel), waiting for a batch, host <-> device copies, predict_step
+#: (on a GPU its kernels run asynchronously and are waited for by the copy back), stitching,
+#: and the mask writer plus overlay/GeoJSON files.
+STAGES = ("read", "wait", "transfer", "model", "stitch", "write")
 
 
 class SlideWriter(pl.Callback):
@@ -61,6 +86,9 @@ class SlideWriter(pl.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_predict_start(self, trainer, pl_module) -> None:
+        self._probabilities = getattr(pl_module, "predict_probabilities", None)
+        if self._probabilities is not None:
+            pl_module.predict_probabilities = False  # labels are all this writer needs
         self._start(trainer, str(pl_module.device))
 
     def _start(self, trainer, device: str) -> None:
@@ -71,7 +99,7 @@ class SlideWriter(pl.Callback):
         self.device = device
         self._next, self._cur = 0, None
         self._started = True
-        self._clock = time.perf_counter()
+        self._clock = self._batch_end = time.perf_counter()
         from tqdm.auto import tqdm
 
         total = sum(len(j.cells) for j in self.jobs)
@@ -85,26 +113,35 @@ class SlideWriter(pl.Callback):
             dynamic_ncols=True,
         )
 
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0):
+        self._batch_start = time.perf_counter()
+
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
-        labels = outputs.get("labels")
-        if labels is None:  # a predict_step with probabilities only
-            labels = outputs["probs"].argmax(dim=1)
-        side = self.view.size + 2 * self.margin
-        if tuple(labels.shape[-2:]) != (side, side):
-            labels = F.interpolate(labels[:, None].float(), size=(side, side), mode="nearest")[:, 0]
-        labels = (labels + 1).to(torch.uint8)  # mask value = class + 1
-        if self.margin:
-            m = self.margin
-            labels = labels[:, m:-m, m:-m]
-        labels = labels.cpu().numpy()
+        t0 = time.perf_counter()
         meta = batch["meta"]
         jobs, rows, cols = (meta[k].tolist() for k in ("job", "row", "col"))
+        labels = kept_labels(outputs, self.jobs[jobs[0]].geometry) if jobs else None
+        copied = time.perf_counter()
+        transfer = getattr(trainer.datamodule, "transfer_seconds", 0.0)
+        batch_stages = {
+            "wait": max(0.0, self._batch_start - self._batch_end - transfer),
+            "transfer": transfer + copied - t0,
+            "model": t0 - self._batch_start,
+        }
         decoded = meta["decoded"].tolist()
+        reads = meta["read_seconds"].tolist() if "read_seconds" in meta else [0.0] * len(jobs)
         zoom = outputs.get("zoom")
         zoom = None if zoom is None else torch.as_tensor(zoom).float().flatten().tolist()
         for i, j in enumerate(jobs):
             cur = self._switch_to(j)
+            before, start = cur.writer.seconds, time.perf_counter()
             cur.stitcher.put(rows[i], cols[i], labels[i])
+            written = cur.writer.seconds - before
+            cur.stages["stitch"] += time.perf_counter() - start - written
+            cur.stages["write"] += written
+            cur.stages["read"] += reads[i]
+            for k, v in batch_stages.items():
+                cur.stages[k] += v / len(jobs)
             cur.tiles += 1
             cur.decoded += decoded[i]
             cur.touched.update(meta["tiles"][i].tolist())
@@ -112,6 +149,7 @@ class SlideWriter(pl.Callback):
                 cur.zoom.append(zoom[i])
         if self._bar is not None:
             self._bar.update(len(jobs))
+        self._batch_end = time.perf_counter()
 
     def finish(self, trainer, model) -> None:
         """Write what the predict loop did not: Lightning skips the loop (and its hooks) on a
@@ -122,6 +160,8 @@ class SlideWriter(pl.Callback):
         self.on_predict_end(trainer, model)
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        if getattr(self, "_probabilities", None) is not None:
+            pl_module.predict_probabilities = self._probabilities
         if self._cur is not None:
             self._finish()
         while self._next < len(self.jobs):  # trailing slides without tissue
@@ -132,6 +172,8 @@ class SlideWriter(pl.Callback):
             self._bar = None
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        if getattr(self, "_probabilities", None) is not None:
+            pl_module.predict_probabilities = self._probabilities
         if self._cur is not None:
             self._cur.writer.abort()
             self._cur = None
@@ -159,8 +201,7 @@ class SlideWriter(pl.Callback):
             description=f"wsiseg label mask of {slide.path.name} by {self.info.get('method')}; "
             f"values: 0 = not segmented, {values}",
         )
-        scale = job.cell_side / self.view.size  # level-0 pixels per model pixel
-        stitcher = GridStitcher(writer, job.grid, self.view.size, scale)
+        stitcher = GridStitcher.for_geometry(writer, job.grid, job.geometry, slide.mpp)
         start = self._clock if index == 0 else time.perf_counter()
         self._cur = _Open(index, job, writer, stitcher, start)
         self._next = index + 1
@@ -169,18 +210,20 @@ class SlideWriter(pl.Callback):
         cur, self._cur = self._cur, None
         job, slide = cur.job, cur.job.slide
         paths = output_paths(self.out_dir, job.name)
+        start = time.perf_counter()
         try:
             cur.stitcher.finish()
             cur.writer.close()
         except BaseException:
             cur.writer.abort()
             raise
-        seconds = time.perf_counter() - cur.start
         w = cur.writer
         write_overlay(paths["overlay"], slide, w.lowres, w.lowres_ds, self.class_names, self.colors)
         write_geojson(
             paths["geojson"], w.lowres, w.lowres_ds, self.class_names, self.colors, slide.mpp
         )
+        seconds = time.perf_counter() - cur.start
+        cur.stages["write"] += time.perf_counter() - start
         summary = self._summary(cur, seconds, paths)
         write_json(paths["json"], summary)
         self.written.append(summary)
@@ -227,6 +270,7 @@ class SlideWriter(pl.Callback):
             "tiles_decoded": cur.decoded,
             "tiles_needed": needed,
             "decode_amplification": cur.decoded / needed if needed and cur.decoded else None,
+            "stage_seconds": {k: round(v, 4) for k, v in cur.stages.items()},
             "device": self.device,
             "rank": self.rank,
             "world_size": self.world,

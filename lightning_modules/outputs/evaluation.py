@@ -10,7 +10,6 @@ out and counted separately.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from datamodules.errors import InputError
 from datamodules.labels.classmaps import IGNORE, ClassMap
 from datamodules.labels.sources import POLYGON_SUFFIXES, open_labels, read_annotations
+from datamodules.sampling.geometry import grid_shape
 from datamodules.slides.slide import Slide
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"}
@@ -77,7 +77,7 @@ def stream_confusion(
     mpp = float(pred.mpp if mpp is None else mpp)
     f = mpp / pred.mpp  # level-0 pixels per evaluation pixel
     W, H = pred.dimensions
-    nx, ny = max(1, math.ceil(W / f - 1e-6)), max(1, math.ceil(H / f - 1e-6))
+    ny, nx = grid_shape((W, H), f)  # evaluation pixels covering the slide
     cm = np.zeros(c * c, np.int64)
     labelled = unsegmented = windows = 0
     for y0 in range(0, ny, window):

@@ -19,6 +19,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,6 +115,7 @@ class MaskTiffWriter:
         self._spool = (
             _Spool(self.width // SPOOL_DOWNSAMPLE, self.path.parent) if self.levels else None
         )
+        self.seconds = 0.0
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._y = 0  # level-0 rows received
@@ -149,7 +151,14 @@ class MaskTiffWriter:
 
     # ------------------------------------------------------------------ producer side
     def write(self, rows: np.ndarray) -> None:
-        """Append level-0 rows (n, width) uint8."""
+        """Append level-0 rows (n, width) uint8 (`seconds` adds up the time spent here)."""
+        start = time.perf_counter()
+        try:
+            self._write(rows)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _write(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
         if rows.ndim != 2 or rows.shape[1] != self.width:
             raise ValueError(f"expected rows of width {self.width}, got shape {rows.shape}")
@@ -308,6 +317,11 @@ class GridStitcher:
         self._band = np.zeros((0, width), np.uint8)
         self._band_start = 0  # model row of self._band[0]
         self._y = 0  # next level-0 row to emit
+
+    @classmethod
+    def for_geometry(cls, writer: MaskTiffWriter, grid, geometry, slide_mpp: float):
+        """The stitcher of a `TileGeometry`'s grid: cells are its kept ``stride``² centres."""
+        return cls(writer, grid, geometry.stride, geometry.scale(slide_mpp))
 
     def put(self, row: int, col: int, labels: np.ndarray) -> None:
         """Labels (cell, cell) of grid cell (row, col); cells come in row-major order."""

@@ -17,8 +17,9 @@ from datamodules.labels.classmaps import load_class_map
 from lightning_modules.callbacks.timing import RelativeInferenceTime
 from lightning_modules.metrics import group_iou, scores
 from lightning_modules.nets.razn import from_tiles, images_only, to_tiles, zoom_pyramid
-from lightning_modules.razn import RAZN, zoom_rewards
+from lightning_modules.razn import RAZN
 from lightning_modules.razn_baselines import AttentionToScale, MultiScaleMax, Scale1, Scale2
+from lightning_modules.razn_policy import zoom_rewards
 
 H = 16  # x0 side; zoomed fields are 2H
 

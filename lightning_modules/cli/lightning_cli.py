@@ -15,7 +15,12 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from lightning_modules.cli.config_errors import WsisegArgumentParser
 from lightning_modules.cli.loggers import WandbOptions, make_wandb_logger
 from lightning_modules.cli.report import PAPER, print_schedule, write_report
-from lightning_modules.cli.resume import plan_resume, point_logger_at, wandb_run_id
+from lightning_modules.cli.resume import (
+    claim_new_run,
+    plan_resume,
+    point_logger_at,
+    wandb_run_id,
+)
 
 
 class WsisegCLI(LightningCLI):
@@ -36,6 +41,7 @@ class WsisegCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt = config.get("ckpt_path") if self.subcommand else self.resume_from
         if ckpt is None:
+            claim_new_run(config.get("trainer"), rank_zero_only.rank)
             return
         plan = plan_resume(str(ckpt), config.get("trainer"))
         if self.subcommand:
@@ -46,6 +52,8 @@ class WsisegCLI(LightningCLI):
             point_logger_at(config["trainer"], plan.run_dir)
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
             self.resumed_run = plan.run_dir
+        else:
+            claim_new_run(config.get("trainer"), rank_zero_only.rank)
         if rank_zero_only.rank == 0:
             where = plan.run_dir or "a new run folder"
             what = f"resuming from {plan.ckpt_path} in {where}"

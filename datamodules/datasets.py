@@ -71,7 +71,8 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
+        i, seed = i if isinstance(i, tuple) else (i, None)  # EpochSampler(tag_seeds=True)
         s, x, y, deform = self.entries[i]
         src = self.sources[s]
         if deform:
@@ -82,7 +83,7 @@ class PatchDataset(Dataset):
             views, label, *rest = self.view.read(src.slide, src.labels, (x, y))
             extra = rest[0] if rest else {}
         if self.transform is not None:
-            views, label, extra = self._augment(views, label, extra)
+            views, label, extra = self._augment(views, label, extra, seed)
         image = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2)
         if image.shape[0] == 1:
             image = image[0]
@@ -96,13 +97,16 @@ class PatchDataset(Dataset):
             sample[name] = t.permute(2, 0, 1) if t.ndim == 3 else t.long()
         return sample
 
-    def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict | None = None):
+    def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict | None = None, seed=None):
         """(views, label), or (views, label, extra) when extra arrays are given."""
         more = {f"image{i}": views[i] for i in range(1, len(views))}
-        # albumentations draws from OS entropy unless seeded: seed it from torch's generator,
+        # albumentations draws from OS entropy unless seeded: seed it with the sample's seed
+        # (training: from the sampler, so resumed runs agree), else from torch's generator,
         # which seed_everything (and Lightning's worker_init_fn in workers) makes reproducible.
         if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, ()))
+            self.transform.set_random_seed(int(seed))
         out = self.transform(image=views[0], mask=label, **more, **(extra or {}))
         stacked = [out["image"]] + [out[f"image{i}"] for i in range(1, len(views))]
         if extra is None:

@@ -238,7 +238,7 @@ def read_annotations(path: str | Path) -> list[Region]:
     start = text.lstrip()[:1]
     if start == "<":
         try:
-            root = ET.fromstring(text)
+            root = ET.fromstring(text.lstrip())  # a declaration after a blank line is common
         except ET.ParseError as exc:
             raise InputError(path, f"not well-formed XML ({exc})") from None
         if root.tag == "Annotations":
@@ -258,6 +258,8 @@ def read_annotations(path: str | Path) -> list[Region]:
             raise InputError(path, f"not valid JSON ({exc})") from None
         except RecursionError:
             raise InputError(path, "JSON nested too deeply to be GeoJSON") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise InputError(path, f"not valid JSON ({exc})") from None
         _read_geojson(data, out)
     else:
         raise InputError(path, "not an annotation file (expected XML or GeoJSON)")

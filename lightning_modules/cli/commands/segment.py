@@ -160,10 +160,10 @@ class Batch:
             while self.todo:
                 self._round(trained, resume, trainer_options)
                 resume = False  # later rounds hold only slides this run has not written
-        except InputError as err:
-            if self.skip or self.failed:  # a batch: say where its other failures are
+        except InputError:
+            if self.skip:  # a batch: say what was done and where its failures are listed
                 self._report(failures)
-            raise err
+            raise
         finally:
             self.claims.release_all()
         return self._report(failures)
@@ -197,7 +197,8 @@ class Batch:
         self.rank = trainer.global_rank
         paths = dict((n, str(p)) for p, n in self.todo)
         self.finished += [paths[n] for n in writer.finished]
-        self.failed += _gather(data.failures)
+        # ranks agree only when none failed (a rank that raised is not there to gather)
+        self.failed += _gather(data.failures) if error is None else data.failures
         self.skipped += [paths[n] for n in data.skipped]
         self.claimed += data.claimed
         if error is None:
@@ -205,7 +206,7 @@ class Batch:
             return
         bad = self._culprit(error, writer)
         if bad is None or not self.skip or trainer.world_size > 1:
-            if bad is not None and not self.alone:
+            if bad is not None and self.skip:
                 self.failed.append((str(bad[0]), "segment", str(error)))
             raise error
         self.failed.append((str(bad[0]), "segment", str(error)))

@@ -11,13 +11,17 @@ each with 2 DataLoader workers, 2 epochs of 3 batches, killed after batch `kill_
 from __future__ import annotations
 
 import os
+import random
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from datamodules.sampling.train_order import EpochSampler
+from lightning_modules.callbacks import rng
 from tests.test_resume import run_wsiseg, wsiseg_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +97,39 @@ def test_killed_and_resumed_run_is_bit_identical(exp, tiny, kill_after, syntheti
     assert a.keys() == b.keys()
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
+
+
+def test_rng_state_round_trip():
+    state = rng.capture()
+    drawn = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    rng.restore(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(drawn[0], again[0]) and np.array_equal(drawn[1], again[1])
+    assert drawn[2] == again[2]
+
+
+def test_sample_seeds_follow_the_sample_not_the_process():
+    data = list(range(20))
+    sampler = EpochSampler(data, num_samples=10, seed=[3, 0], batch_size=2, tag_seeds=True)
+    sampler.set_epoch(2)
+    pairs = list(sampler)
+    assert [i for i, _ in pairs] == sampler.indices(2) and len({s for _, s in pairs}) == 10
+    resumed = EpochSampler(data, 10, [3, 0], batch_size=2, tag_seeds=True,
+                           resume_offset=lambda: (2, 3))  # fmt: skip
+    assert list(resumed) == pairs[6:]  # the same (index, seed) pairs, after 3 batches
+    sampler.set_epoch(3)
+    assert {s for _, s in sampler} != {s for _, s in pairs}  # a new epoch, new seeds
+
+
+def test_augmentation_follows_the_sample_seed(synthetic_root):
+    from datamodules.wsi import WSIDataModule
+
+    dm = WSIDataModule(root=str(synthetic_root), max_patches=(4, 2, 2), balance_rates=None)
+    dm.setup()
+    train = dm.datasets["train"]
+    torch.manual_seed(1)
+    a = train[(0, 12345)]["image"]
+    torch.manual_seed(2)  # torch's stream no longer matters
+    assert torch.equal(a, train[(0, 12345)]["image"])
+    assert any(not torch.equal(a, train[(0, s)]["image"]) for s in (1, 2, 3))

@@ -38,6 +38,8 @@ def update(out_dir: Path, failed: list[tuple[str, str, str]], done: list[str]) -
     no failure is left (the file is then removed)."""
     out_dir = Path(out_dir)
     path = out_dir / NAME
+    if not failed and not path.exists():
+        return None  # nothing to record or clear
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f".{NAME}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two processes finishing at once

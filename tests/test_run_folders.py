@@ -47,6 +47,20 @@ def test_simultaneous_claims_are_distinct(tmp_path):
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == sorted(got + ["version_3"])
 
 
+def test_lightning_alone_gives_both_runs_one_folder(tmp_path):
+    """The race itself: two runs that both ask before either has written get one version;
+    with claims made first, each gets its own."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    first, second = (CSVLogger(str(tmp_path), name="exp") for _ in range(2))
+    assert first.log_dir == second.log_dir == str(tmp_path / "exp" / "version_0")
+    configs = [_config(tmp_path) for _ in range(2)]
+    for config in configs:
+        claim_new_run(config, rank=0)
+    dirs = [CSVLogger(**c["logger"]["init_args"]).log_dir for c in configs]
+    assert dirs == [str(tmp_path / "exp" / f"version_{n}") for n in (0, 1)]
+
+
 def test_other_ranks_take_rank_zeros_folder(tmp_path, monkeypatch):
     monkeypatch.setenv(RUN_ENV, "version_7")
     config = _config(tmp_path)
@@ -60,6 +74,8 @@ def test_other_ranks_take_rank_zeros_folder(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_trains_at_once(synthetic_root, tmp_path):
+    """End to end (the race window is milliseconds, so this passes without the fix too, mostly:
+    the test above pins the race)."""
     out = tmp_path / "runs"
     argv = experiment_args("train", "dmmn_s2", synthetic_root, out, tiny="tiny.yaml",
                            extra=tuple(short_train()))  # fmt: skip

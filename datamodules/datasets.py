@@ -79,20 +79,21 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
+        i, seed = i if isinstance(i, tuple) else (i, None)  # EpochSampler(tag_seeds=True)
         s, x, y, deform = self.entries[i]
         src = self.sources[s]
         if deform:
             field, field_labels = self.view.read_field(src.slide, src.labels, (x, y))
             if self.deform_on_device:
-                return self._device_copy(i, src.name, x, y, field, field_labels)
+                return self._device_copy(i, src.name, x, y, field, field_labels, seed)
             field, field_labels = deform_field(field, field_labels, item_rng(self.seed, i))
             views, label, extra = (*self.view.cut(field, field_labels), {})
         else:
             views, label, *rest = self.view.read(src.slide, src.labels, (x, y))
             extra = rest[0] if rest else {}
         if self.transform is not None:
-            views, label, extra = self._augment(views, label, extra)
+            views, label, extra = self._augment(views, label, extra, seed)
         image = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2)
         if image.shape[0] == 1:
             image = image[0]
@@ -106,12 +107,12 @@ class PatchDataset(Dataset):
             sample[name] = t.permute(2, 0, 1) if t.ndim == 3 else t.long()
         return sample
 
-    def _device_copy(self, i, name, x, y, field, field_labels) -> dict:
+    def _device_copy(self, i, name, x, y, field, field_labels, seed=None) -> dict:
         """A deformed copy to finish on the device: the field augmented as a whole (rotations
         and flips commute with the centred cut; a rotated grid is as likely as the grid), the
         control grid drawn as the CPU path draws it, placeholder views and label."""
         if self.transform is not None:
-            self._seed_transform()
+            self._seed_transform(seed)
             out = self.transform(image=field, mask=field_labels)
             field, field_labels = out["image"], out["mask"]
         n, views = self.view.size, self.view.num_views
@@ -126,16 +127,19 @@ class PatchDataset(Dataset):
             "scales": torch.tensor(self.view.scales),
         }
 
-    def _seed_transform(self) -> None:
-        # albumentations draws from OS entropy unless seeded: seed it from torch's generator,
+    def _seed_transform(self, seed=None) -> None:
+        # albumentations draws from OS entropy unless seeded: seed it with the sample's seed
+        # (training: from the sampler, so resumed runs agree), else from torch's generator,
         # which seed_everything (and Lightning's worker_init_fn in workers) makes reproducible.
         if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, ()))
+            self.transform.set_random_seed(int(seed))
 
-    def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict | None = None):
+    def _augment(self, views: np.ndarray, label: np.ndarray, extra: dict | None = None, seed=None):
         """(views, label), or (views, label, extra) when extra arrays are given."""
         more = {f"image{i}": views[i] for i in range(1, len(views))}
-        self._seed_transform()
+        self._seed_transform(seed)
         out = self.transform(image=views[0], mask=label, **more, **(extra or {}))
         stacked = [out["image"]] + [out[f"image{i}"] for i in range(1, len(views))]
         if extra is None:

@@ -245,6 +245,12 @@ class WholeSlideData(pl.LightningDataModule):
         margin: extra context in pixels on each side of a target (cropped from the output).
         resume: skip slides whose outputs are all present.
         pad_value: grey level outside the slide, as in training (DMMN: 0, the paper).
+        claim: ``claim(name) -> bool`` takes a slide for this process (False: another has it,
+            skip it; see lightning_modules.outputs.claims).
+        skip_bad: a slide whose planning fails is recorded in `failures` and left out,
+            instead of stopping the run.
+        names: output name per slide (default: `output_names`; a batch passes the names of
+            the whole batch when it runs a subset of it).
     """
 
     def __init__(
@@ -260,10 +266,13 @@ class WholeSlideData(pl.LightningDataModule):
         margin: int = 0,
         resume: bool = False,
         pad_value: int = 255,
+        claim=None,
+        skip_bad: bool = False,
+        names: list[str] | None = None,
     ):
         super().__init__()
         self.slides = [Path(s) for s in slides]
-        self.names = output_names(self.slides)
+        self.names = list(names) if names is not None else output_names(self.slides)
         self.out_dir = Path(out_dir)
         self.view = view
         self.mpp = mpp
@@ -271,16 +280,27 @@ class WholeSlideData(pl.LightningDataModule):
         self.min_tissue, self.use_tissue = float(min_tissue), bool(use_tissue)
         self.margin, self.resume = int(margin), bool(resume)
         self.pad_value = int(pad_value)
+        self.claim, self.skip_bad = claim, bool(skip_bad)
         self.jobs: list[SlideJob] = []
         self.skipped: list[str] = []
+        self.claimed: list[str] = []  # taken by another process
+        self.failures: list[tuple[str, str, str]] = []  # (slide, stage, reason)
 
     def _assignment(self) -> list[list[int]]:
         """Slides still to do, spread over ranks by area (largest first to the least loaded)."""
         world = self.trainer.world_size if self.trainer else 1
-        todo, skipped = [], []
+        todo, skipped, claimed = [], [], []
         for i, name in enumerate(self.names):
-            (skipped if self.resume and is_done(self.out_dir, name) else todo).append(i)
+            if self.resume and is_done(self.out_dir, name):
+                skipped.append(i)
+            elif self.claim is not None and not self.claim(name):
+                claimed.append(i)
+            elif self.claim is not None and self.resume and is_done(self.out_dir, name):
+                skipped.append(i)  # finished by another process just now
+            else:
+                todo.append(i)
         self.skipped = [self.names[i] for i in skipped]
+        self.claimed = [self.names[i] for i in claimed]
         areas = {i: np.prod(Slide(self.slides[i], mpp=self.mpp).dimensions) for i in todo}
         ranks: list[list[int]] = [[] for _ in range(world)]
         load = [0] * world
@@ -299,19 +319,21 @@ class WholeSlideData(pl.LightningDataModule):
         if strategy is not None and self.trainer.world_size > 1:
             plan = strategy.broadcast(plan, src=0)
             self.skipped = strategy.broadcast(self.skipped, src=0)
+            self.claimed = strategy.broadcast(self.claimed, src=0)
         rank = self.trainer.global_rank if self.trainer else 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.jobs = [
-            plan_slide(
-                TrackedSlide(self.slides[i], mpp=self.mpp, pad_value=self.pad_value),
-                self.view,
-                self.names[i],
-                self.min_tissue,
-                self.use_tissue,
-                self.margin,
-            )
-            for i in sorted(plan[rank])
-        ]
+        for i in sorted(plan[rank]):
+            try:
+                slide = TrackedSlide(self.slides[i], mpp=self.mpp, pad_value=self.pad_value)
+                job = plan_slide(
+                    slide, self.view, self.names[i], self.min_tissue, self.use_tissue, self.margin
+                )
+            except InputError as err:
+                if not self.skip_bad:
+                    raise
+                self.failures.append((str(self.slides[i]), "plan", str(err)))
+                continue
+            self.jobs.append(job)
 
     def predict_dataloader(self) -> DataLoader:
         cache = shared_cache(self.jobs, self.num_workers)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from datamodules.datasets import PatchDataset, SlideSource, augmentation, collate
@@ -281,6 +282,9 @@ class WSIDataModule(pl.LightningDataModule):
             persistent_workers=hp.num_workers > 0,
             drop_last=False,
             collate_fn=collate,
+            # worker base seeds from the loader's own generator: a loader started by a resumed
+            # run does not shift torch's global stream (lightning_modules/callbacks/rng.py)
+            generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))),
         )
 
     def _train_sampler(self, dataset) -> EpochSampler:
@@ -298,6 +302,7 @@ class WSIDataModule(pl.LightningDataModule):
             rank=rank,
             batch_size=self.hparams.batch_size,
             resume_offset=self._resume_offset,
+            tag_seeds=True,
         )
 
     def _resume_offset(self) -> tuple[int, int] | None:

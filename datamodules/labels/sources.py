@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 import shapely
+import tifffile
 from shapely.geometry import Polygon, box
 from shapely.geometry.polygon import orient
 
@@ -204,6 +205,7 @@ class MaskLabels:
         self.class_map = load_class_map(class_map)
         self._lut = self.class_map.lut()
         self.slide = Slide(self.path, mpp=mpp)  # opens its file lazily, per process
+        _check_mask_dtype(self.path)
         self.mask_dimensions = tuple(self.slide.dimensions)
         self.scale = self._scale(expected_dimensions)
         # Slide checks a plausible mpp range, so a coarse mask keeps the slide's mpp and reads
@@ -271,6 +273,25 @@ class MaskLabels:
         valid = self._valid(raw.shape, (0, 0), f)
         values, counts = np.unique(self._map(raw, valid)[valid], return_counts=True)
         return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def _check_mask_dtype(path: Path) -> None:
+    """Reads give uint8, so a float or wider-integer mask would be silently cast: refuse it."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return
+    try:
+        with tifffile.TiffFile(path) as tif:
+            dtype, shape = tif.series[0].dtype, tif.series[0].shape
+    except Exception:  # unreadable: Slide has said so, or its reads will
+        return
+    if dtype.kind not in "biu" or dtype.itemsize > 1:
+        raise InputError(
+            path,
+            f"label mask holds {dtype} values; label masks hold 8-bit integer class values "
+            "(uint8, 0-255): convert it",
+        )
+    if len(shape) > 2 and shape[-1] not in (1, 3, 4):
+        raise InputError(path, f"label mask has shape {shape}; expected one 2-D image")
 
 
 def open_labels(path, class_map, slide) -> LabelSource:

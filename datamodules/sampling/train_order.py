@@ -29,9 +29,11 @@ class EpochSampler(DistributedSampler):
     dealt round-robin to `num_replicas` ranks (padded by repeating the first ones, as
     `DistributedSampler` does, so every rank has as many).
 
-    ``resume_offset``: a callable giving (epoch, batches already trained in it) when a run resumes
-    in the middle of an epoch, else None; the rank's share then starts after those batches, so
-    the resumed run trains on the patches the interrupted one had not reached yet.
+    ``tag_seeds``: yield ``(index, seed)``, the seed for that sample's augmentation (see
+    `sample_seeds`). ``resume_offset``: a callable giving (epoch, batches already trained in
+    it) when a run resumes in the middle of an epoch, else None; the rank's share then starts
+    after those batches, so the resumed run trains on the patches the interrupted one had not
+    reached yet.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class EpochSampler(DistributedSampler):
         rank: int = 0,
         batch_size: int = 1,
         resume_offset: Callable[[], tuple[int, int] | None] | None = None,
+        tag_seeds: bool = False,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True)
         n = len(dataset)
@@ -52,6 +55,7 @@ class EpochSampler(DistributedSampler):
         self.order_seed = seed
         self.batch_size = int(batch_size)
         self.resume_offset = resume_offset
+        self.tag_seeds = bool(tag_seeds)
 
     def indices(self, epoch: int) -> list[int]:
         """This rank's share of epoch `epoch`, in order."""
@@ -65,7 +69,20 @@ class EpochSampler(DistributedSampler):
         if resumed is not None:
             epoch, batches = resumed
             skip = batches * self.batch_size
-        return iter(self.indices(epoch)[skip:])
+        order = self.indices(epoch)
+        if not self.tag_seeds:
+            return iter(order[skip:])
+        seeds = self.sample_seeds(epoch)
+        return iter(list(zip(order, seeds, strict=True))[skip:])
+
+    def sample_seeds(self, epoch: int) -> list[int]:
+        """One seed per position of this rank's share of `epoch`, from (seed, epoch, rank)
+        alone: a sample's augmentation does not depend on which worker draws it, or whether
+        the run was resumed (`tag_seeds` yields ``(index, seed)`` pairs)."""
+        keys = [int(k) for k in (self.order_seed if isinstance(self.order_seed, list | tuple)
+                                 else [self.order_seed])]  # fmt: skip
+        sequence = np.random.SeedSequence([*keys, int(epoch), self.rank, 1])
+        return [int(s) >> 1 for s in sequence.generate_state(self.num_samples, np.uint32)]
 
     def __len__(self) -> int:
         return self.num_samples

@@ -26,6 +26,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datamodules.errors import InputError
+from lightning_modules.callbacks import rng
 
 
 class ResumeCheckpoint(ModelCheckpoint):
@@ -63,6 +64,16 @@ class ResumeCheckpoint(ModelCheckpoint):
             every_n_batches=self.every_n_batches, every_seconds=self.every_seconds
         )
 
+    def state_dict(self) -> dict:
+        """Also the random-number state (in every checkpoint: Lightning saves each callback's
+        state), so a resumed run draws what the uninterrupted one would (callbacks/rng.py)."""
+        return {**super().state_dict(), "rng": rng.capture()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self._rng_to_restore = state_dict.pop("rng", None)
+        super().load_state_dict(state_dict)
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._sigterm, self._agree_on_sigterm = False, stage == "fit" and trainer.world_size > 1
@@ -86,6 +97,9 @@ class ResumeCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_save_time = time.monotonic()
+        state, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if state is not None:  # as late as possible: setup may draw after the restore
+            rng.restore(state)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         batches = trainer.fit_loop.total_batch_idx + 1

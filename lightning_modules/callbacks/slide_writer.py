@@ -80,6 +80,8 @@ class SlideWriter(pl.Callback):
         self.info = dict(info)
         self.progress = progress
         self.written: list[dict] = []
+        self.finished: list[str] = []  # output names of the slides written complete
+        self.failed: str | None = None  # the slide being stitched when the run failed
         self._cur: _Open | None = None
         self._next = 0
         self._bar = None
@@ -175,6 +177,7 @@ class SlideWriter(pl.Callback):
         if getattr(self, "_probabilities", None) is not None:
             pl_module.predict_probabilities = self._probabilities
         if self._cur is not None:
+            self.failed = self._cur.job.name
             self._cur.writer.abort()
             self._cur = None
         if self._bar is not None:
@@ -215,18 +218,28 @@ class SlideWriter(pl.Callback):
             cur.stitcher.finish()
             cur.writer.close()
         except BaseException:
+            self.failed = job.name
             cur.writer.abort()
             raise
         w = cur.writer
-        write_overlay(paths["overlay"], slide, w.lowres, w.lowres_ds, self.class_names, self.colors)
-        write_geojson(
-            paths["geojson"], w.lowres, w.lowres_ds, self.class_names, self.colors, slide.mpp
-        )
-        seconds = time.perf_counter() - cur.start
-        cur.stages["write"] += time.perf_counter() - start
-        summary = self._summary(cur, seconds, paths)
-        write_json(paths["json"], summary)
+        try:  # all four files or none: the overlay reads the slide, which may fail
+            write_overlay(
+                paths["overlay"], slide, w.lowres, w.lowres_ds, self.class_names, self.colors
+            )
+            write_geojson(
+                paths["geojson"], w.lowres, w.lowres_ds, self.class_names, self.colors, slide.mpp
+            )
+            seconds = time.perf_counter() - cur.start
+            cur.stages["write"] += time.perf_counter() - start
+            summary = self._summary(cur, seconds, paths)
+            write_json(paths["json"], summary)
+        except BaseException:
+            self.failed = job.name
+            for p in paths.values():
+                p.unlink(missing_ok=True)
+            raise
         self.written.append(summary)
+        self.finished.append(job.name)
         self._clock = time.perf_counter()
         where = f"[rank {self.rank}] " if self.world > 1 else ""
         if not cur.tiles:

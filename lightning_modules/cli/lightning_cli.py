@@ -16,7 +16,12 @@ from lightning_modules.cli.config_errors import WsisegArgumentParser, config_fil
 from lightning_modules.cli.experiments import DEFAULTS, schedule_file
 from lightning_modules.cli.loggers import WandbOptions, make_wandb_logger
 from lightning_modules.cli.report import PAPER, print_schedule, write_report
-from lightning_modules.cli.resume import plan_resume, point_logger_at, wandb_run_id
+from lightning_modules.cli.resume import (
+    claim_new_run,
+    plan_resume,
+    point_logger_at,
+    wandb_run_id,
+)
 
 
 class WsisegCLI(LightningCLI):
@@ -44,6 +49,7 @@ class WsisegCLI(LightningCLI):
             return
         ckpt = config.get("ckpt_path") if self.subcommand else self.resume_from
         if ckpt is None:
+            claim_new_run(config.get("trainer"), rank_zero_only.rank)
             return
         plan = plan_resume(str(ckpt), config.get("trainer"))
         if self.subcommand:
@@ -54,6 +60,8 @@ class WsisegCLI(LightningCLI):
             point_logger_at(config["trainer"], plan.run_dir)
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
             self.resumed_run = plan.run_dir
+        else:
+            claim_new_run(config.get("trainer"), rank_zero_only.rank)
         if rank_zero_only.rank == 0:
             where = plan.run_dir or "a new run folder"
             what = f"resuming from {plan.ckpt_path} in {where}"

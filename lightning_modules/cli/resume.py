@@ -30,6 +30,8 @@ LIGHTNING_CSV = (
     "pytorch_lightning.loggers.csv_logs.CSVLogger",
 )
 WANDB_ID_FILE = "wandb_run_id"
+#: The run folder rank 0 claimed, for the DDP ranks it launches (they parse the config again).
+RUN_ENV = "WSISEG_RUN_VERSION"
 
 
 @dataclass
@@ -98,6 +100,37 @@ def point_logger_at(trainer_config, run_dir: Path) -> None:
     logger["init_args"]["version"] = run_dir.name
     if logger.get("class_path") in LIGHTNING_CSV:
         logger["class_path"] = f"{__name__}.AppendingCSVLogger"
+
+
+def claim_new_run(trainer_config, rank: int) -> Path | None:
+    """Give a new run its own ``version_N`` folder, made with an atomic mkdir.
+
+    Lightning's CSVLogger takes the highest existing version + 1 and creates the folder only
+    when it first writes, so two runs of one experiment started together both pick the same
+    folder. Rank 0 creates it here (retrying on a clash) and tells the ranks it launches.
+    """
+    logger = run_logger(trainer_config)
+    if logger is None or logger["init_args"].get("version") is not None:
+        return None
+    args = logger["init_args"]
+    if rank != 0:
+        if os.environ.get(RUN_ENV):
+            args["version"] = os.environ[RUN_ENV]
+        return None
+    experiment_dir = Path(str(args["save_dir"])) / str(args["name"])
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    taken = [p.name.split("_", 1)[1] for p in experiment_dir.glob("version_*")]
+    n = max((int(t) for t in taken if t.isdigit()), default=-1) + 1
+    while True:
+        run_dir = experiment_dir / f"version_{n}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            n += 1
+            continue
+        args["version"] = run_dir.name
+        os.environ[RUN_ENV] = run_dir.name
+        return run_dir
 
 
 class _AppendingWriter(ExperimentWriter):

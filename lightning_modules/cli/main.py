@@ -75,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command in LIGHTNING_COMMANDS:
             from lightning_modules.cli.lightning_cli import run_lightning, run_train
+            from lightning_modules.cli.resume import release_unused_claims
 
-            if command == "train":
-                return run_train(rest)
-            run_lightning([command, *rest])
-            return 0
+            try:
+                if command == "train":
+                    return run_train(rest)
+                run_lightning([command, *rest])
+                return 0
+            finally:
+                release_unused_claims()
         tools = _tool_commands()
         if command not in tools:
             print(f"wsiseg: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)

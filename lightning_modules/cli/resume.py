@@ -118,6 +118,7 @@ def claim_new_run(trainer_config, rank: int) -> Path | None:
             args["version"] = os.environ[RUN_ENV]
         return None
     experiment_dir = Path(str(args["save_dir"])) / str(args["name"])
+    made = [d for d in (experiment_dir, *experiment_dir.parents) if not d.exists()]
     experiment_dir.mkdir(parents=True, exist_ok=True)
     taken = [p.name.split("_", 1)[1] for p in experiment_dir.glob("version_*")]
     n = max((int(t) for t in taken if t.isdigit()), default=-1) + 1
@@ -130,7 +131,23 @@ def claim_new_run(trainer_config, rank: int) -> Path | None:
             continue
         args["version"] = run_dir.name
         os.environ[RUN_ENV] = run_dir.name
+        _CLAIMED.append([run_dir, *made])
         return run_dir
+
+
+#: folders `claim_new_run` made in this process (run folder first, then the parents it made)
+_CLAIMED: list[list[Path]] = []
+
+
+def release_unused_claims() -> None:
+    """Remove claimed folders that stayed empty: a run refused before it wrote anything (a bad
+    config or input) leaves nothing behind, as before run folders were claimed up front."""
+    while _CLAIMED:
+        for folder in _CLAIMED.pop():
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -138,3 +138,20 @@ def write_aperio_xml(path: Path, polygons, names: dict[int, str], mpp: float) ->
     tmp = path.with_name(path.name + ".part")
     tmp.write_bytes(ET.tostring(root, encoding="UTF-8", xml_declaration=True) + b"\n")
     os.replace(tmp, path)
+
+
+def slide_record(
+    name: str, split: str, out: Path, files: dict[str, str], size: int, mpp: float, **fields
+) -> dict:
+    """A slide's manifest record: what every layout records (name, split, files and their
+    sizes, dimensions, mpp), then the layout's own `fields` in the order given."""
+    return {
+        "name": name,
+        "split": split,
+        "files": files,
+        "bytes": {k: (out / f).stat().st_size for k, f in files.items()},
+        "width": size,
+        "height": size,
+        "mpp": mpp,
+        **fields,
+    }

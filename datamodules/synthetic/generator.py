@@ -18,7 +18,13 @@ import cv2
 import numpy as np
 
 from datamodules.errors import InputError
-from datamodules.synthetic.files import DOWNSAMPLES, label_polygons, write_aperio_xml, write_pyramid
+from datamodules.synthetic.files import (
+    DOWNSAMPLES,
+    label_polygons,
+    slide_record,
+    write_aperio_xml,
+    write_pyramid,
+)
 from datamodules.synthetic.layout import fill_polygon
 from datamodules.synthetic.render import (
     GENERATOR_VERSION,
@@ -260,22 +266,21 @@ def make_slide(job: dict) -> dict:
         _clear_bands(mask, labels, lay.regions, job["unlabeled_band"])
     counts = [int(np.count_nonzero(mask == v)) for v in range(len(CLASS_NAMES) + 1)]
     write_pyramid(out / files["mask"], mask, SLIDE_MPP, desc.format("label mask"))
-    return {
-        "name": name,
-        "split": job["split"],
-        "files": files,
-        "bytes": {k: (out / f).stat().st_size for k, f in files.items()},
-        "width": size,
-        "height": size,
-        "mpp": SLIDE_MPP,
-        "pixel_counts": {
+    return slide_record(
+        name,
+        job["split"],
+        out,
+        files,
+        size,
+        SLIDE_MPP,
+        pixel_counts={
             "unlabeled": int(counts[0]),
             **{c: int(counts[k + 1]) for k, c in enumerate(CLASS_NAMES)},
         },
-        "tissue_pixels": tissue_px,
-        "regions": {c: sum(1 for a in annotated if a == k) for k, c in enumerate(CLASS_NAMES) if k},
-        "relabelled": relabelled,
-    }
+        tissue_pixels=tissue_px,
+        regions={c: sum(1 for a in annotated if a == k) for k, c in enumerate(CLASS_NAMES) if k},
+        relabelled=relabelled,
+    )
 
 
 def _annotated_classes(regions, label_noise: float, seed: int, index: int):

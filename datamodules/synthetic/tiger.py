@@ -44,7 +44,7 @@ from shapely.geometry import LineString, Polygon, box
 from shapely.ops import split
 
 from datamodules.labels.sources import PolygonLabels, read_annotations
-from datamodules.synthetic.files import write_pyramid
+from datamodules.synthetic.files import slide_record, write_pyramid
 from datamodules.synthetic.layout import GRID, Region
 from datamodules.synthetic.render import GENERATOR_VERSION, SLIDE_MPP, render_slide, slide_rngs
 from datamodules.synthetic.textures import GLASS
@@ -249,20 +249,19 @@ def make_tiger_slide(job: dict) -> dict:
         files[f"roi{k}_mask"] = f"{ROI_DIR}/masks/{stem}.png"
         _write_png(out / files[f"roi{k}_image"], rgb[y1:y2, x1:x2])
         _write_png(out / files[f"roi{k}_mask"], mask)
-    return {
-        "name": name,
-        "split": job["split"],
-        "files": files,
-        "bytes": {k: (out / f).stat().st_size for k, f in files.items()},
-        "width": size,
-        "height": size,
-        "mpp": SLIDE_MPP,
-        "rois": [list(r) for r in rois],
-        "pixel_counts": {
+    return slide_record(
+        name,
+        job["split"],
+        out,
+        files,
+        size,
+        SLIDE_MPP,
+        rois=[list(r) for r in rois],
+        pixel_counts={
             "unlabeled": int(counts[0]),
             **{TIGER_NAMES[v]: int(counts[v]) for v in range(1, 8)},
         },
-    }
+    )
 
 
 def manifest_fields() -> dict:

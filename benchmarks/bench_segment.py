@@ -172,7 +172,8 @@ def run(
         rows.append(
             (
                 f"segment, {name}, {tiles} tiles",
-                f"{tps:.1f} tiles/s = {tps * decoded_mp / base:.3f} of raw decode "
+                f"{tps:.1f} tiles/s = {tps / reads:.3f} of the view reads above = "
+                f"{tps * decoded_mp / base:.3f} of raw decode "
                 f"({before:.0f} / {after:.0f} MP/s before / after; {decoded_mp:.3f} MP decoded "
                 f"per tile); end to end {info['tiles_per_second']:.1f} tiles/s; "
                 f"decode amplification {amp:.2f}",

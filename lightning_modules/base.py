@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric
 from datamodules.errors import InputError
 from datamodules.labels.classmaps import IGNORE
 from lightning_modules.callbacks.divergence import FiniteGuard
-from lightning_modules.metrics import ConfusionMatrix, TileConfusions, scores
+from lightning_modules.metrics import ConfusionMatrix, TileConfusions, channel_argmax, scores
 from lightning_modules.optim import OPTIMIZERS, OptimizerSettings
 from lightning_modules.outputs.overlays import default_colors, overlay_panel, save_png
 
@@ -46,7 +46,7 @@ def target_size(batch: dict[str, Any]) -> tuple[int, int] | None:
     output = (batch.get("meta") or {}).get("output")
     if output is None:
         return None
-    side = int(output[0]) if isinstance(output, Tensor | list | tuple) else int(output)
+    side = int(output[0]) if isinstance(output, Tensor | np.ndarray | list | tuple) else int(output)
     return side, side
 
 
@@ -286,7 +286,7 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
         mean = getattr(self, f"{stage}_loss_mean")
         mean.update(loss.detach(), weight=label.shape[0])
         self.log(f"{stage}/loss", mean, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        pred = logits.argmax(dim=1)
+        pred = channel_argmax(logits)
         cm.update(pred, label)
         return pred
 
@@ -301,8 +301,7 @@ class SegmentationTask(FiniteGuard, pl.LightningModule):
         if self.predict_probabilities:
             probs = torch.softmax(logits.float(), dim=1).to(torch.float16)
         meta = batch.get("meta") if isinstance(batch, dict) else None
-        # max(dim).indices: the same first-maximum index as argmax, ~8x faster over channels
-        return {"probs": probs, "labels": logits.max(dim=1).indices, "meta": meta}
+        return {"probs": probs, "labels": channel_argmax(logits), "meta": meta}
 
     # ------------------------------------------------------------------ epoch ends
     def setup(self, stage: str) -> None:

@@ -19,6 +19,22 @@ from torchmetrics import Metric
 from datamodules.labels.classmaps import IGNORE
 
 
+def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=1)`` (the first maximum), as uint8 for up to 8 channels: a running
+    compare-and-update ~3x faster on CPU than ``max(dim=1)``, ~20x than ``argmax`` (a strided
+    reduction there). A NaN logit never wins here; it does in ``argmax``."""
+    n = logits.shape[1]
+    if n > 8:
+        return logits.max(dim=1).indices
+    best = logits[:, 0]
+    idx = torch.zeros(best.shape, dtype=torch.uint8, device=logits.device)
+    for c in range(1, n):
+        cur = logits[:, c]
+        idx += (cur > best).to(torch.uint8) * (c - idx)  # wraps mod 256: idx -> c where greater
+        best = torch.maximum(best, cur)
+    return idx
+
+
 class ConfusionMatrix(Metric):
     """Pixel confusion matrix, ``cm[truth, prediction]``, summed over batches and ranks.
 
@@ -43,7 +59,7 @@ class ConfusionMatrix(Metric):
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if preds.ndim == target.ndim + 1:
-            preds = preds.argmax(dim=1)
+            preds = channel_argmax(preds)
         if preds.shape != target.shape:
             raise ValueError(
                 f"preds {tuple(preds.shape)} and target {tuple(target.shape)} do not match"

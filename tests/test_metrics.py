@@ -142,3 +142,14 @@ def test_class_keys_and_table():
     assert any(line.startswith("| **mIoU** | ") for line in lines)
     assert any(line.startswith("| **BACH score** | ") for line in lines)
     assert "BACH" not in format_table(scores(np.eye(2), ["a", "b"]), ["a", "b"])
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4, 8, 12])
+def test_channel_argmax_is_argmax_with_first_maximum_on_ties(channels):
+    from lightning_modules.metrics import channel_argmax
+
+    g = torch.Generator().manual_seed(channels)
+    logits = torch.randint(-3, 4, (3, channels, 17, 19), generator=g).float()  # many ties
+    got = channel_argmax(logits)
+    assert got.dtype == (torch.uint8 if channels <= 8 else torch.int64)
+    assert torch.equal(got.long(), logits.argmax(dim=1))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from datamodules.sampling.geometry import TileGeometry
 from datamodules.wholeslide import SlideJob, output_paths
+from lightning_modules.metrics import channel_argmax
 from lightning_modules.outputs.mask_writer import GridStitcher, MaskTiffWriter
 from lightning_modules.outputs.slide_files import write_geojson, write_json, write_overlay
 
@@ -33,7 +34,7 @@ def kept_labels(outputs: dict, geometry: TileGeometry) -> np.ndarray:
     resizing) are resized to it by nearest neighbour first."""
     labels = outputs.get("labels")
     if labels is None:  # a predict_step with probabilities only (not switched off by this)
-        labels = outputs["probs"].argmax(dim=1)
+        labels = channel_argmax(outputs["probs"])
     side = geometry.output
     if tuple(labels.shape[-2:]) != (side, side):
         labels = F.interpolate(labels[:, None].float(), size=(side, side), mode="nearest")[:, 0]

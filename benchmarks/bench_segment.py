@@ -124,20 +124,25 @@ class BatchClock(pl.Callback):
         return sum(self.sizes[1:]) / (self.times[-1] - self.times[0])
 
 
-def segment(ckpt: Path, slide: Path, out: Path, max_tiles: int | None) -> dict:
-    """`wsiseg segment --ckpt CKPT SLIDE --out OUT` in this process (the command's defaults),
-    stopped after `max_tiles` tiles (raster order) if given: the slide's summary JSON plus
-    ``steady_tiles_per_second`` (`BatchClock`)."""
+def segment(ckpt: Path, slide: Path, out: Path, max_tiles: int | None, threads=None) -> dict:
+    """`wsiseg segment --ckpt CKPT SLIDE --out OUT [--threads N]` in this process (otherwise
+    the command's defaults), stopped after `max_tiles` tiles (raster order) if given: the
+    slide's summary JSON plus ``steady_tiles_per_second`` (`BatchClock`)."""
+    import torch
+
     from lightning_modules.cli.checkpoints import load_method
     from lightning_modules.cli.commands.segment import build_parser, run
 
-    args = build_parser().parse_args(
-        [str(slide), "--ckpt", str(ckpt), "--out", str(out), "--overwrite", "--no-progress"]
-    )
+    argv = [str(slide), "--ckpt", str(ckpt), "--out", str(out), "--overwrite", "--no-progress"]
+    args = build_parser().parse_args(argv + (["--threads", str(threads)] if threads else []))
+    own = torch.get_num_threads()
     bench_reads._fresh_cache(512)
     limit = {} if max_tiles is None else {"limit_predict_batches": -(-max_tiles // args.batch_size)}
     clock = BatchClock()
-    run(args, [slide], load_method(ckpt), out, callbacks=[clock], **limit)
+    try:
+        run(args, [slide], load_method(ckpt), out, callbacks=[clock], **limit)
+    finally:
+        torch.set_num_threads(own)  # the next row measures with this process's own setting
     info = json.loads((out / f"{slide.stem}.json").read_text())
     return {**info, "steady_tiles_per_second": clock.tiles_per_second}
 
@@ -160,10 +165,15 @@ def run(
             f"{reads:.1f} tiles/s = {reads * decoded * tile_px / 1e6 / n / raw:.2f} of raw decode",
         ),
     ]
-    limits = (trivial_tiles, dmmn_tiles)
-    for (name, ckpt), limit in zip(checkpoints(work / "checkpoints").items(), limits, strict=True):
+    (trivial, trivial_ckpt), (dmmn, dmmn_ckpt) = checkpoints(work / "checkpoints").items()
+    plan = [  # a light model wants the cores left to the workers, a heavy one all of them
+        (f"{trivial}, --threads 1", trivial_ckpt, trivial_tiles, 1),
+        (f"{trivial}, default threads", trivial_ckpt, trivial_tiles, None),
+        (dmmn, dmmn_ckpt, dmmn_tiles, None),
+    ]
+    for name, ckpt, limit, threads in plan:
         before = bench_reads.raw_jpeg_decode(slide)
-        info = segment(ckpt, slide, work / "segment", limit)
+        info = segment(ckpt, slide, work / "segment", limit, threads)
         after = bench_reads.raw_jpeg_decode(slide)
         base = (before * after) ** 0.5  # the baseline around this run: the load drifts
         tps, tiles = info["steady_tiles_per_second"], info["tiles"]

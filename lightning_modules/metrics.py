@@ -198,18 +198,26 @@ def bach_score(cm) -> float:
 
 
 def group_iou(cm, groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
-    """IoU of each named group of classes merged into one class: ``group_iou/<name>``.
+    """Per named group of classes, ``group_iou/<name>`` and ``within_group/<name>``.
 
-    A pixel counts as a true positive of a group when truth and prediction both lie in it,
-    so confusions inside a group (e.g. in situ vs invasive inside "carcinoma") do not count.
+    ``group_iou``: the IoU of the group merged into one class (a pixel is a true positive when
+    truth and prediction both lie in the group), so confusions inside it (in situ vs invasive
+    inside "carcinoma") do not count. ``within_group``: exactly those confusions, as balanced
+    accuracy inside the group: the mean over its classes of P(predicted that class | truth that
+    class, predicted a class of the group); 1/k (0.5 for a pair) means the net cannot tell the
+    group's classes apart at all, however well it finds the group.
     """
     m = np.asarray(cm.detach().cpu().numpy() if isinstance(cm, torch.Tensor) else cm, float)
     out = {}
     for name, members in groups.items():
         idx = np.asarray(list(members), dtype=int)
-        tp = m[np.ix_(idx, idx)].sum()
+        inner = m[np.ix_(idx, idx)]
+        tp = inner.sum()
         union = m[idx, :].sum() + m[:, idx].sum() - tp
         out[f"group_iou/{class_key(name)}"] = float(tp / union) if union > 0 else math.nan
+        rows = inner.sum(axis=1)
+        recall = np.diag(inner)[rows > 0] / rows[rows > 0]
+        out[f"within_group/{class_key(name)}"] = float(recall.mean()) if recall.size else math.nan
     return out
 
 
@@ -226,7 +234,8 @@ def scores(
     weighted by inverse truth frequency over classes present in truth, as RAZN reports it, so
     rare classes count as much as common ones), ``accuracy`` (pixel accuracy) and, when
     ``ordinal``, ``bach_score``; with ``groups`` (name -> class indices) also
-    ``group_iou/<name>`` (:func:`group_iou`).  ``<class>`` is ``class_key(name)``.
+    ``group_iou/<name>`` and ``within_group/<name>`` (:func:`group_iou`).  ``<class>`` is
+    ``class_key(name)``.
     """
     m = _as_matrix(cm, class_names)
     tp = np.diag(m)

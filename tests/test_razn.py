@@ -299,6 +299,12 @@ def test_merged_group_iou():
     # non-carcinoma: tp 10, truth 11, pred 10 -> 10 / 11; carcinoma: tp 13, truth 13, pred 14
     assert g["group_iou/non_carcinoma"] == pytest.approx(10 / 11)
     assert g["group_iou/carcinoma"] == pytest.approx(13 / 14)
+    # inside carcinoma: in situ 4 of 6, invasive 6 of 7 -> balanced accuracy (4/6 + 6/7) / 2
+    assert g["within_group/carcinoma"] == pytest.approx((4 / 6 + 6 / 7) / 2)
+    assert g["within_group/non_carcinoma"] == pytest.approx((5 / 6 + 3 / 4) / 2)
+    # a net that calls all carcinoma "invasive" finds the group and cannot tell the pair apart
+    blind = np.array([[5, 0, 0, 0], [0, 5, 0, 0], [0, 0, 0, 6], [0, 0, 0, 7]])
+    assert group_iou(blind, {"c": [2, 3]}) == {"group_iou/c": 1.0, "within_group/c": 0.5}
     bach = load_class_map("bach")
     assert bach.groups == {"non-carcinoma": (0, 1), "carcinoma": (2, 3)}
     s = scores(cm, list(bach.classes), True, bach.groups)

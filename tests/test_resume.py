@@ -115,8 +115,9 @@ def wsiseg_args(command, exp, tiny, data, out, extra, trainer="cpu") -> list[str
     )
 
 
-def run_wsiseg(argv, cwd, kill=None, watch=None, timeout=300):
-    """`wsiseg ARGV` in a fresh process; with `kill`, send that signal once `watch` exists."""
+def run_wsiseg(argv, cwd, kill=None, watch=None, timeout=300, group=False):
+    """`wsiseg ARGV` in a fresh process; with `kill`, send that signal once `watch` exists (to
+    its whole process group with `group`, as `kill -- -PGID` or a batch scheduler does)."""
     cmd = wsiseg_command()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -124,13 +125,13 @@ def run_wsiseg(argv, cwd, kill=None, watch=None, timeout=300):
         start_new_session=True,  # its own process group: a hung run is killed with its ranks
     )  # fmt: skip
     try:
-        return _wait(proc, kill, watch, timeout)
+        return _wait(proc, kill, watch, timeout, group)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _wait(proc, kill, watch, timeout):
+def _wait(proc, kill, watch, timeout, group=False):
     """(returncode, stdout, stderr), after sending `kill` once `watch` exists."""
     if kill is not None:
         deadline = time.monotonic() + timeout
@@ -138,7 +139,7 @@ def _wait(proc, kill, watch, timeout):
             time.sleep(0.1)
         if proc.poll() is not None:
             pytest.fail(f"the run ended before it could be killed: {proc.stderr.read()[-3000:]}")
-        proc.send_signal(kill)
+        os.killpg(proc.pid, kill) if group else proc.send_signal(kill)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 
@@ -148,14 +149,16 @@ def metrics_rows(run: Path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
-def kill_and_resume(tmp_path, data, exp, tiny, sig, resume_command, trainer="cpu"):
-    """Kill a fit with `sig` at its first step checkpoint, resume; (ckpt, starts, end, run, log)."""
+def kill_and_resume(tmp_path, data, exp, tiny, sig, resume_command, trainer="cpu", group=False):
+    """Kill a fit with `sig` at its first step checkpoint, resume; (ckpt, starts, end, run, log).
+    `group`: the signal goes to the whole process group, with two DataLoader workers in it."""
     out, probe = tmp_path / "out", tmp_path / "probe"
     extra = overlay(tmp_path / "overlay.yaml", probe)
     run = out / exp / "version_0"
     step_ckpt = run / "checkpoints" / "last-step.ckpt"
-    argv = wsiseg_args("fit", exp, tiny, data, out, extra, trainer)
-    rc, _, err = run_wsiseg(argv, tmp_path, kill=sig, watch=step_ckpt)
+    workers = ["--data.init_args.num_workers", "2"] if group else []
+    argv = [*wsiseg_args("fit", exp, tiny, data, out, extra, trainer), *workers]
+    rc, _, err = run_wsiseg(argv, tmp_path, kill=sig, watch=step_ckpt, group=group)
     assert rc == (143 if sig == signal.SIGTERM else -signal.SIGKILL), err[-3000:]
     if sig == signal.SIGTERM:
         assert "stopped by SIGTERM" in err and "Traceback" not in err
@@ -205,6 +208,19 @@ def test_dmmn_sigterm_then_train_resumes(synthetic_root, tmp_path):
     assert len(ckpt["optimizer_states"]) == 1 and ckpt["optimizer_states"][0]["state"]
     assert (run / "results.json").is_file()  # the report of the resumed run, same folder
     assert json.loads((run / "results.json").read_text())["best_checkpoint"].startswith(str(run))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_is_a_stop_not_a_crash(synthetic_root, tmp_path):
+    """`kill -- -PGID` (or scancel) terminates the DataLoader workers too, so the loop fails on
+    a dead worker before it can stop: still exit 143 and "stopped by SIGTERM" (a study stops
+    there, rather than counting a failed run and going on), and the run resumes."""
+    tiny = ROOT / "tests" / "conf" / "tiny.yaml"
+    ckpt, starts, end, run = kill_and_resume(
+        tmp_path, synthetic_root, "dmmn_s2", tiny, signal.SIGTERM, "train", group=True
+    )
+    assert_continued(ckpt, starts, end, run, tmp_path / "out" / "dmmn_s2")
+    assert (run / "results.json").is_file()
 
 
 @pytest.mark.slow

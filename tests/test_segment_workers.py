@@ -38,11 +38,11 @@ class RedMethod(SegmentationTask):
         self.net = RedQuartile()
 
 
-def _segment(slide: Path, out: Path, workers: int) -> tuple[np.ndarray, dict]:
+def _segment(slide: Path, out: Path, workers: int, *more: str) -> tuple[np.ndarray, dict]:
     """DMMN's read pattern (MultiMagView: 256² targets in a 1024² field at 20x, 10x, 5x)."""
     args = build_parser().parse_args(
         [str(slide), "--ckpt", "none", "--out", str(out), "--no-progress", "--accelerator", "cpu",
-         "--num-workers", str(workers), "--batch-size", "4"]
+         "--num-workers", str(workers), "--batch-size", "4", *more]
     )  # fmt: skip
     view = MultiMagView(256, 20.0, (1, 2, 4))
     method = TrainedMethod(RedMethod(), view, "tests.RedMethod", Path("none"), None)
@@ -56,8 +56,11 @@ def test_two_workers_decode_each_tile_once(synthetic_root, real_data, tmp_path, 
     """Before the shared cache: 1.25 (pyramid) and 1.94 (one-level SVS) with 2 workers."""
     slide = synthetic_root / "slide_02.tiff" if name == "synthetic" else real_data / name
     mask0, info0 = _segment(slide, tmp_path / "w0", 0)
-    mask2, info2 = _segment(slide, tmp_path / "w2", 2)
+    threads = torch.get_num_threads()
+    mask2, info2 = _segment(slide, tmp_path / "w2", 2, "--threads", "1")
+    torch.set_num_threads(threads)
     assert info2["num_workers"] == 2 and info2["tiles"] == info0["tiles"] > 8
+    assert info2["threads"] == 1 and info0["threads"] is None
     assert info2["decode_amplification"] <= 1.05
     assert len(np.unique(mask2)) >= 3 and np.array_equal(mask0, mask2)
     assert set(info2["stage_seconds"]) == {"read", "wait", "transfer", "model", "stitch", "write"}

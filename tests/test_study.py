@@ -93,12 +93,20 @@ def test_study_runs_every_run_then_reports(study, synthetic_root):
     assert len(rows) == 4  # the bootstrap rescoring reproduces every run's own test mIoU
     for row in rows:
         assert float(row["miou"]) == pytest.approx(own[(row["experiment"], row["seed"])], abs=1e-9)
+        # the class map's groups are rescored too (the bach map: carcinoma = in situ + invasive)
+        result = json.loads((folder / row["experiment"] / f"seed_{row['seed']}" /
+                             "results.json").read_text())  # fmt: skip
+        want = result["scores"]["group_iou/carcinoma"]
+        assert float(row["group_iou/carcinoma"]) == pytest.approx(want, abs=1e-9, nan_ok=True)
     with (report / "claims.csv").open() as f:
         (claim,) = list(csv.DictReader(f))
     assert claim["claim"] == "dmmn_ms > dmmn_s2" and claim["score"] == "miou"
     assert claim["verdict"] in ("supported", "contradicted", "undecided")
     lo, hi = float(claim["lo"]), float(claim["hi"])
     assert lo <= float(claim["diff"]) <= hi and lo < hi
+    assert (
+        claim["seeds_to_decide"] != "" and "≈ seeds to decide" in (report / "report.md").read_text()
+    )
     md = (report / "report.md").read_text()
     assert "| dmmn_s2 | 2 |" in md and "| dmmn_ms | 2 |" in md and "bach_score" in md
     assert (report / "iou.png").stat().st_size > 5000 and (report / "scores.csv").is_file()

@@ -17,6 +17,7 @@ from lightning_modules.cli.study.bootstrap import (
     Bootstrap,
     Estimate,
     RunEvidence,
+    seeds_to_decide,
     verdict,
 )
 from lightning_modules.cli.study.plan import parse_claims
@@ -160,3 +161,18 @@ def test_plots_of_a_timed_family(tmp_path):
     for path in (iou_plot(b, ["miou", "iou/a"], tmp_path / "iou.png", "razn"),
                  timing_plot(b, tmp_path / "timing.png", "razn")):  # fmt: skip
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_seeds_to_decide_separates_the_part_seeds_cannot_shrink():
+    # half-width 0.04 of which the tiles alone give 0.01; gap 0.05 from the edge 0:
+    # n = ceil(3 * (0.04² - 0.01²) / (0.05² - 0.01²)) = ceil(1.875) = 2
+    diff, tiles = Estimate(0.05, 0.01, 0.09), Estimate(0.05, 0.04, 0.06)
+    assert seeds_to_decide(diff, tiles, 3, ">") == 2
+    # a gap of 0.025: ceil(3 * 0.0015 / 0.000525) = ceil(8.57) = 9 seeds
+    assert seeds_to_decide(Estimate(0.025, -0.015, 0.065), tiles, 3, ">") == 9
+    # the tiles alone cover a gap of 0.005: no number of seeds decides it
+    assert seeds_to_decide(Estimate(0.005, -0.035, 0.045), tiles, 3, ">") == float("inf")
+    # ">=" with margin 0.01 measures the gap from -0.01: mean 0.002 -> gap 0.012;
+    # ceil(3 * (0.04² - 0.005²) / (0.012² - 0.005²)) = ceil(39.7) = 40
+    tight = Estimate(0.002, -0.003, 0.007)
+    assert seeds_to_decide(Estimate(0.002, -0.038, 0.042), tight, 3, ">=", 0.01) == 40

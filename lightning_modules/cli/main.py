@@ -7,6 +7,7 @@ traceback is shown only with `--debug` (or WSISEG_DEBUG=1).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 
@@ -62,6 +63,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+_SIGTERM = {"received": False}
+
+
+def _on_sigterm(signum, frame) -> None:
+    """Remember a SIGTERM. Inside a Lightning run, Lightning's own handler calls this one too
+    (and stops the loop); outside one, this is the only handler: stop now, as the default would."""
+    _SIGTERM["received"] = True
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        raise SystemExit(143)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("WSISEG_DEBUG") == "1"
@@ -74,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command in LIGHTNING_COMMANDS:
+            signal.signal(signal.SIGTERM, _on_sigterm)
             from lightning_modules.cli.lightning_cli import run_lightning, run_train
             from lightning_modules.cli.resume import release_unused_claims
 
@@ -101,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsiseg {command}: interrupted", file=sys.stderr)
         return 130
     except SystemExit as err:  # Lightning stops on SIGTERM with an exit(None), i.e. status 0
-        if command not in LIGHTNING_COMMANDS or type(err).__name__ != "SIGTERMException":
+        stopped = type(err).__name__ == "SIGTERMException" or _SIGTERM["received"]
+        if command not in LIGHTNING_COMMANDS or not stopped:
             raise
         print(
             f"wsiseg {command}: stopped by SIGTERM; continue the run with --ckpt_path last",
@@ -109,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 143
     except Exception as err:  # an unexpected failure: still one line unless --debug
+        if command in LIGHTNING_COMMANDS and _SIGTERM["received"]:
+            # SIGTERM to the whole process group (kill -- -PGID, scancel): the DataLoader
+            # workers die first, so the loop fails before it can stop; still a stop, not a crash
+            print(
+                f"wsiseg {command}: stopped by SIGTERM (its DataLoader workers were terminated); "
+                "continue the run with --ckpt_path last",
+                file=sys.stderr,
+            )
+            return 143
         cause = _input_error_cause(err)
         if cause is not None:  # e.g. raised in a model's __init__, wrapped by jsonargparse
             if debug:

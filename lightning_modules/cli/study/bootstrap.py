@@ -41,13 +41,13 @@ class Estimate:
     per_run: list[float] = field(default_factory=list)
 
 
-def run_scores(tiles: np.ndarray, weights: np.ndarray, keys, class_names, ordinal) -> dict:
+def run_scores(tiles, weights, keys, class_names, ordinal, groups=None) -> dict:
     """key -> ``(B,)``: the run's scores on each of the B tile draws (``weights (B, N)``)."""
     c = tiles.shape[-1]
     cms = weights @ tiles.reshape(tiles.shape[0], c * c).astype(np.float64)
     out = {k: np.empty(len(cms)) for k in keys}
     for b, cm in enumerate(cms):
-        s = scores(cm.reshape(c, c), class_names, ordinal)
+        s = scores(cm.reshape(c, c), class_names, ordinal, groups)
         for k in keys:
             out[k][b] = s.get(k, math.nan)
     return out
@@ -77,9 +77,13 @@ class Bootstrap:
         extras: scalar scores taken from each run as they are.
         n: number of replicates; seed: the generator's seed; levels: ``both``, or ``runs`` /
             ``tiles`` alone (to see each source of uncertainty).
+        groups: the class map's groups (name -> class indices), for ``group_iou/<name>`` and
+            ``within_group/<name>`` keys.
     """
 
-    def __init__(self, runs, keys, extras, class_names, ordinal, n=2000, seed=0, levels="both"):
+    def __init__(
+        self, runs, keys, extras, class_names, ordinal, n=2000, seed=0, levels="both", groups=None
+    ):
         if levels not in LEVELS:
             raise ValueError(f"levels must be one of {LEVELS}, got {levels!r}")
         self.runs = runs
@@ -98,8 +102,9 @@ class Bootstrap:
             picks = np.tile(np.arange(len(items)), (n, 1))
             if levels != "tiles":
                 picks = rng.integers(0, len(items), size=(n, len(items)))
-            per_run = [run_scores(r.tiles, weights, self.keys, class_names, ordinal) for r in items]
-            point = [run_scores(r.tiles, full, self.keys, class_names, ordinal) for r in items]
+            args = (self.keys, class_names, ordinal, groups)
+            per_run = [run_scores(r.tiles, weights, *args) for r in items]
+            point = [run_scores(r.tiles, full, *args) for r in items]
             reps, ests = {}, {}
             for k in self.keys + self.extras:
                 if k in self.extras:
@@ -117,6 +122,26 @@ class Bootstrap:
         """``a − b`` on `key`: mean difference and the interval of the paired replicates."""
         mean = self.estimates[a][key].mean - self.estimates[b][key].mean
         return Estimate(float(mean), *_interval(self.replicates[a][key] - self.replicates[b][key]))
+
+
+def seeds_to_decide(diff: Estimate, tiles_only: Estimate, runs: int, op: str, margin=0.0):
+    """About how many seeds per experiment would make `verdict` decide, if the mean gap held.
+
+    The interval's half-width h has a part from the test tiles, h_t (the ``tiles``-only
+    bootstrap), that more seeds do not shrink, and a part from the runs that shrinks as
+    1/sqrt(seeds): h(n)^2 = h_t^2 + (h^2 - h_t^2) * runs / n. Returns the n where h(n) falls
+    below the gap's distance from the verdict's edge (0, or -margin for ``>=``); ``inf`` when
+    the tiles alone already cover the gap (more test tiles would decide it, more seeds not).
+    A normal approximation for planning, not a result.
+    """
+    edge = 0.0 if op == ">" else -abs(margin)
+    gap = abs(diff.mean - edge)
+    h, ht = (diff.hi - diff.lo) / 2, (tiles_only.hi - tiles_only.lo) / 2
+    if not all(map(math.isfinite, (gap, h, ht))) or runs < 1:
+        return math.nan
+    if gap <= ht:
+        return math.inf
+    return max(1, math.ceil(runs * max(h * h - ht * ht, 0.0) / (gap * gap - ht * ht)))
 
 
 SUPPORTED, CONTRADICTED, UNDECIDED = "supported", "contradicted", "undecided"

@@ -56,6 +56,7 @@ def load_study_runs(study: Study) -> tuple[dict[str, list[RunEvidence]], dict, l
             "data_hash": result.get("data_hash"),
             "class_names": result.get("class_names"),
             "ordinal": "bach_score" in (result.get("scores") or {}),
+            "class_map": (result.get("hparams") or {}).get("class_map"),
             "ids": ids,
             "file": run.run_dir / "results.json",
         }

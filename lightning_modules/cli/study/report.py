@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning_modules.cli.study.bootstrap import Bootstrap, verdict
+from lightning_modules.cli.study.bootstrap import Bootstrap, seeds_to_decide, verdict
 from lightning_modules.cli.study.evidence import EXTRAS, load_study_runs
 from lightning_modules.cli.study.plan import Study
 from lightning_modules.cli.study.plots import iou_plot, timing_plot
@@ -34,20 +34,37 @@ class StudyReport:
     plots: list[Path]
 
 
-def score_keys(class_names: list[str], ordinal: bool) -> list[str]:
+def score_keys(class_names: list[str], ordinal: bool, groups: dict | None = None) -> list[str]:
     keys = ["miou"] + [f"iou/{class_key(n)}" for n in class_names] + ["accuracy"]
-    return keys + (["bach_score"] if ordinal else [])
+    keys += ["bach_score"] if ordinal else []
+    for g in groups or {}:
+        keys += [f"group_iou/{class_key(g)}", f"within_group/{class_key(g)}"]
+    return keys
+
+
+def class_groups(name) -> dict:
+    """The groups of the runs' class map (``hparams.class_map``), {} when it has none or is
+    not a built-in / readable map."""
+    from datamodules.labels.classmaps import load_class_map
+
+    if not name or not isinstance(name, str):
+        return {}
+    try:
+        return dict(load_class_map(name).groups or {})
+    except Exception:  # a class-map file that is gone: the scores without groups
+        return {}
 
 
 def build_report(study: Study, options: dict | None = None) -> StudyReport:
     opts = {**DEFAULTS, **study.bootstrap, **(options or {})}
     runs, info, missing = load_study_runs(study)
-    keys = score_keys(info["class_names"], info["ordinal"])
+    groups = class_groups(info.get("class_map"))
+    keys = score_keys(info["class_names"], info["ordinal"], groups)
     extras = [k for k in EXTRAS if any(k in r.extras for rs in runs.values() for r in rs)]
-    boot = Bootstrap(
-        runs, keys, extras, info["class_names"], info["ordinal"],
-        n=int(opts["n"]), seed=int(opts["seed"]), levels=str(opts["levels"]),
-    )  # fmt: skip
+    common = (runs, keys, extras, info["class_names"], info["ordinal"])
+    n, seed = int(opts["n"]), int(opts["seed"])
+    boot = Bootstrap(*common, n=n, seed=seed, levels=str(opts["levels"]), groups=groups)
+    tiles_only = boot if opts["levels"] != "both" else None
     score_rows = [
         {"experiment": exp, "score": k, "mean": e.mean, "lo": e.lo, "hi": e.hi,
          "runs": len(e.per_run), "per_run": " ".join(_f(v) for v in e.per_run)}
@@ -60,8 +77,14 @@ def build_report(study: Study, options: dict | None = None) -> StudyReport:
         if c.high in runs and c.low in runs and c.score in boot.estimates[c.high]:
             d = boot.difference(c.high, c.low, c.score)
             row.update(diff=d.mean, lo=d.lo, hi=d.hi, verdict=verdict(d, c.op, c.margin))
+            if tiles_only is None:  # one tiles-only bootstrap: the part seeds cannot shrink
+                tiles_only = Bootstrap(*common, n=n, seed=seed, levels="tiles", groups=groups)
+            have = min(len(runs[c.high]), len(runs[c.low]))
+            t = tiles_only.difference(c.high, c.low, c.score)
+            row["seeds_to_decide"] = seeds_to_decide(d, t, have, c.op, c.margin)
         else:
             row.update(diff=math.nan, lo=math.nan, hi=math.nan, verdict="no runs")
+            row["seeds_to_decide"] = math.nan
         claim_rows.append(row)
     run_rows = [
         {"experiment": exp, "seed": r.seed, "run": r.name,
@@ -87,6 +110,11 @@ def _f(v, digits: int = 4) -> str:
     )
 
 
+def _seeds(n) -> str:
+    return "–" if not isinstance(n, int | float) or math.isnan(n) else (
+        "∞" if math.isinf(n) else str(int(n)))  # fmt: skip
+
+
 def _interval(mean, lo, hi) -> str:
     return f"{_f(mean)} [{_f(lo)}, {_f(hi)}]"
 
@@ -110,19 +138,24 @@ def _markdown(study, opts, info, keys, boot, claims, runs, missing) -> str:
         cells = [_interval(ests[k].mean, ests[k].lo, ests[k].hi) for k in keys]
         lines.append(f"| {exp} | {len(boot.runs[exp])} | " + " | ".join(cells) + " |")
     lines += ["", "## Claims", "",
-              "| claim | score | high − low [95 % interval] | verdict | | source |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "| claim | score | high − low [95 % interval] | verdict | | ≈ seeds to decide "
+              "| source |",
+              "|---|---|---|---|---|---:|---|"]  # fmt: skip
     for c in claims:
         kind = "stated" if c["stated"] else "implied"
         rule = f"margin {c['margin']:g}" if c["op"] == ">=" else ""
         lines.append(
             f"| {c['claim']} | {c['score']} | {_interval(c['diff'], c['lo'], c['hi'])} "
-            f"| **{c['verdict']}** | {kind} {rule} | {c['source']} |"
+            f"| **{c['verdict']}** | {kind} {rule} | {_seeds(c['seeds_to_decide'])} "
+            f"| {c['source']} |"
         )
     lines += [
         "",
         "*supported*: the interval of high − low lies above 0 (`>`) or above −margin (`>=`, "
-        "not worse by more than the margin); *contradicted*: below it; else *undecided*.",
+        "not worse by more than the margin); *contradicted*: below it; else *undecided*. "
+        "*≈ seeds to decide*: seeds per experiment at which the interval would exclude its "
+        "edge if the mean gap held (normal approximation; ∞: the test tiles alone cover the "
+        "gap; docs/studies.md).",
         "", "## Runs", "",
         "| experiment | seed | " + " | ".join(keys) + " |",
         "|---|---:|" + "---|" * len(keys),

@@ -112,6 +112,32 @@ def test_study_runs_every_run_then_reports(study, synthetic_root):
     assert (report / "iou.png").stat().st_size > 5000 and (report / "scores.csv").is_file()
 
 
+def test_export_copies_summaries_only_and_rebuilds_the_same_report(study, tmp_path, capsys):
+    path, folder, _ = study
+    dest = tmp_path / "results"
+    assert main(["study", str(path), "--export", str(dest), "--bootstrap", "300"]) == 0
+    assert "exported 4 finished run(s) of study tiny" in capsys.readouterr().out
+    for run in run_dirs(folder):
+        copied = dest / "tiny" / run.parent.name / run.name
+        names = sorted(p.name for p in copied.iterdir())
+        assert names == ["per_tile.npz", "results.json", "study_run.json"]  # no checkpoints
+        assert (copied / "results.json").read_bytes() == (run / "results.json").read_bytes()
+
+    # the report rebuilt from the copies alone equals the study's own (same seeded bootstrap;
+    # only the run folders' paths differ)
+    def rows(report: Path, name: str) -> list[dict]:
+        with (report / name).open() as f:
+            return [{k: v for k, v in r.items() if k != "run"} for r in csv.DictReader(f)]
+
+    for name in ("runs.csv", "claims.csv", "scores.csv"):
+        assert rows(dest / "tiny" / "report", name) == rows(folder / "report", name)
+    # a summary that differs is never replaced silently
+    victim = dest / "tiny" / "dmmn_s2" / "seed_0" / "results.json"
+    victim.write_text("{}")
+    assert main(["study", str(path), "--export", str(dest)]) == 2
+    assert "exists with other content" in capsys.readouterr().err and victim.read_text() == "{}"
+
+
 def test_rerun_skips_finished_runs(study, capsys):
     path, folder, _ = study
     stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("results.json")}

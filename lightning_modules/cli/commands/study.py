@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="slurm: write an sbatch array script + run list instead of running",
     )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="copy the finished runs' summaries (results.json, per_tile.npz, study_run.json; no "
+        "checkpoints) to DIR/<study>/<experiment>/seed_<N>, then write the report there: what "
+        "to commit, so `--out DIR --report` rebuilds it and `--out DIR` adds missing seeds",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing sbatch script")
     p.add_argument("--bootstrap", type=int, help="replicates (default 2000)")
     p.add_argument("--bootstrap-seed", type=int, help="the bootstrap's seed (default 0)")
@@ -72,6 +79,11 @@ def main(argv: list[str]) -> int:
         print(f"wrote {path} ({len(study.runs)} array tasks) and {path.with_name('runs.tsv')}")
         print(f"submit: sbatch {path}; afterwards: wsiseg study {args.study} --report")
         return 0
+    if args.export:
+        n = export_summaries(study, Path(args.export))
+        print(f"exported {n} finished run(s) of study {study.name} to {args.export}")
+        report(load_study(args.study, args.export), args)
+        return 0
     rc = 0
     if not args.report:
         only = None if args.task is None else set(args.task)
@@ -104,3 +116,27 @@ def report(study, args) -> None:
         from lightning_modules.cli.study.wandb_report import log_report
 
         log_report(study, result)
+
+
+SUMMARIES = ("results.json", "per_tile.npz", "study_run.json")
+
+
+def export_summaries(study, dest: Path) -> int:
+    """Copy each finished run's summaries to ``dest/<study>/<experiment>/seed_<N>``; a file
+    already there with other content is an error (a summary is never silently replaced)."""
+    import shutil
+
+    from datamodules.errors import InputError
+
+    done = [r for r in study.runs if is_finished(r)]
+    for run in done:
+        target = dest / run.run_dir.relative_to(study.out)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in SUMMARIES:
+            src, dst = run.run_dir / name, target / name
+            if not src.is_file():
+                continue
+            if dst.is_file() and dst.read_bytes() != src.read_bytes():
+                raise InputError(dst, f"exists with other content than {src}; not replaced")
+            shutil.copy2(src, dst)
+    return len(done)

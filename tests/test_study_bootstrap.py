@@ -176,3 +176,23 @@ def test_seeds_to_decide_separates_the_part_seeds_cannot_shrink():
     # ceil(3 * (0.04² - 0.005²) / (0.012² - 0.005²)) = ceil(39.7) = 40
     tight = Estimate(0.002, -0.003, 0.007)
     assert seeds_to_decide(Estimate(0.002, -0.038, 0.042), tight, 3, ">=", 0.01) == 40
+
+
+@pytest.mark.parametrize("name", ["dmmn", "da_refinenet", "razn", "tiger"])
+def test_shipped_studies_load_with_three_seeds_fixed_epochs_and_claims(name):
+    from lightning_modules.cli.study.plan import load_study
+
+    root = Path(__file__).resolve().parents[1]
+    study = load_study(root / "experiments" / "studies" / f"{name}.yaml")
+    assert len(study.seeds) >= 3 and len(study.runs) == len(study.seeds) * len(study.experiments)
+    for run in study.runs:  # no wall-clock cap: a run's result must not depend on the load
+        args = list(run.args)
+        assert args[args.index("--trainer.max_time") + 1] == "null"
+    first = study.claims[0]
+    expected = {
+        "dmmn": ("dmmn_m3", "dmmn_m2s", "miou"),
+        "da_refinenet": ("da_refinenet_r50_attention", "refinenet_r50_single", "miou"),
+        "razn": ("razn", "razn_scale1", "miou"),
+        "tiger": ("smp_fpn_r34", "smp_unet_r34", "iou/stroma"),
+    }[name]
+    assert (first.high, first.low, first.score) == expected and first.stated

@@ -84,6 +84,8 @@ def test_study_runs_every_run_then_reports(study, synthetic_root):
             assert tiles.shape == (2, 4, 4)  # 2 test patches, 4 classes
             assert np.array_equal(tiles.sum(0), np.array(result["confusion"]))
         assert (run / "checkpoints" / "last.ckpt").is_file()
+        timing = json.loads((run / "study_run.json").read_text())
+        assert 0 < timing["cpu_s"] and 0 < timing["wall_s"]  # the run's own CPU, its workers too
         own[(run.parent.name, run.name[5:])] = result["scores"]["miou"]
     # seeds differ: the two seeds of an experiment train different models
     assert own[("dmmn_s2", "0")] != own[("dmmn_s2", "1")]
@@ -109,6 +111,7 @@ def test_study_runs_every_run_then_reports(study, synthetic_root):
     )
     md = (report / "report.md").read_text()
     assert "| dmmn_s2 | 2 |" in md and "| dmmn_ms | 2 |" in md and "bach_score" in md
+    assert "summed over 4 runs, CPU (user + system)" in md and "over 4\n" in md
     assert (report / "iou.png").stat().st_size > 5000 and (report / "scores.csv").is_file()
 
 

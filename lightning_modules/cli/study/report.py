@@ -110,6 +110,28 @@ def _f(v, digits: int = 4) -> str:
     )
 
 
+def _times(study) -> str:
+    """Summed wall and CPU time of the finished runs (their ``study_run.json``)."""
+    import json
+
+    from lightning_modules.cli.study.runner import RUN_INFO
+
+    infos = []
+    for run in study.runs:
+        try:
+            infos.append(json.loads((run.run_dir / RUN_INFO).read_text()))
+        except (OSError, ValueError):
+            continue
+    if not infos:
+        return "no run recorded its time"
+    wall = sum(float(i.get("wall_s", 0)) for i in infos) / 60
+    cpus = [float(i["cpu_s"]) for i in infos if "cpu_s" in i]
+    text = f"wall {wall:.1f} min summed over {len(infos)} runs"
+    if cpus:
+        text += f", CPU (user + system) {sum(cpus) / 60:.1f} min over {len(cpus)}"
+    return text
+
+
 def _seeds(n) -> str:
     return "–" if not isinstance(n, int | float) or math.isnan(n) else (
         "∞" if math.isinf(n) else str(int(n)))  # fmt: skip
@@ -129,6 +151,7 @@ def _markdown(study, opts, info, keys, boot, claims, runs, missing) -> str:
         f"- data: `{info['data_hash']}`, {len(info['ids'])} test tiles (the same in every run)",
         f"- bootstrap: {opts['n']} replicates, seed {opts['seed']}, levels {opts['levels']} "
         "(runs, then test tiles; docs/studies.md)",
+        f"- time: {_times(study)}",
         f"- rebuild: `wsiseg study {study.path} --report`", "",
         "## Scores: mean over runs [95 % interval]", "",
         "| experiment | runs | " + " | ".join(keys) + " |",

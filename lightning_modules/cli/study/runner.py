@@ -83,7 +83,7 @@ def run_one(study: Study, run: Run, prefix: list[str] | None = None) -> int:
     cmd = [*(prefix or []), *python_command(), *run.args]
     log = log_path(study, run)
     log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
+    start, cpu = time.monotonic(), _children_cpu()
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         child = subprocess.Popen(
@@ -105,7 +105,11 @@ def run_one(study: Study, run: Run, prefix: list[str] | None = None) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
     if rc == 0 and is_finished(run):
-        info = {"wall_s": round(time.monotonic() - start, 1), "command": cmd}
+        info = {
+            "wall_s": round(time.monotonic() - start, 1),
+            "cpu_s": round(_children_cpu() - cpu, 1),  # user + system, its workers included
+            "command": cmd,
+        }
         (run.run_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     elif rc == 0:
         rc = 1  # exited cleanly but wrote no results: count as failed
@@ -136,6 +140,14 @@ def run_study(study: Study, only: list[int] | None = None) -> int:
     for run, rc in failed:
         print(f"  failed: {run.label} (exit {rc}), log {log_path(study, run)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and their children."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _srun_prefix() -> list[str]:

@@ -3,6 +3,7 @@ per-tile counts of the test hook, and the claim parser. No training: millisecond
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,7 @@ def test_seeds_to_decide_separates_the_part_seeds_cannot_shrink():
     # n = ceil(3 * (0.04² - 0.01²) / (0.05² - 0.01²)) = ceil(1.875) = 2
     diff, tiles = Estimate(0.05, 0.01, 0.09), Estimate(0.05, 0.04, 0.06)
     assert seeds_to_decide(diff, tiles, 3, ">") == 2
+    assert math.isnan(seeds_to_decide(diff, tiles, 1, ">"))  # one run: no spread to go on
     # a gap of 0.025: ceil(3 * 0.0015 / 0.000525) = ceil(8.57) = 9 seeds
     assert seeds_to_decide(Estimate(0.025, -0.015, 0.065), tiles, 3, ">") == 9
     # the tiles alone cover a gap of 0.005: no number of seeds decides it

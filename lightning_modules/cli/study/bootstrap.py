@@ -132,12 +132,13 @@ def seeds_to_decide(diff: Estimate, tiles_only: Estimate, runs: int, op: str, ma
     1/sqrt(seeds): h(n)^2 = h_t^2 + (h^2 - h_t^2) * runs / n. Returns the n where h(n) falls
     below the gap's distance from the verdict's edge (0, or -margin for ``>=``); ``inf`` when
     the tiles alone already cover the gap (more test tiles would decide it, more seeds not).
-    A normal approximation for planning, not a result.
+    A normal approximation for planning, not a result; NaN with fewer than 2 runs a side (no
+    run-to-run spread to extrapolate from).
     """
     edge = 0.0 if op == ">" else -abs(margin)
     gap = abs(diff.mean - edge)
     h, ht = (diff.hi - diff.lo) / 2, (tiles_only.hi - tiles_only.lo) / 2
-    if not all(map(math.isfinite, (gap, h, ht))) or runs < 1:
+    if not all(map(math.isfinite, (gap, h, ht))) or runs < 2:
         return math.nan
     if gap <= ht:
         return math.inf

@@ -152,7 +152,7 @@ def _markdown(study, opts, info, keys, boot, claims, runs, missing) -> str:
         f"- bootstrap: {opts['n']} replicates, seed {opts['seed']}, levels {opts['levels']} "
         "(runs, then test tiles; docs/studies.md)",
         f"- time: {_times(study)}",
-        f"- rebuild: `wsiseg study {study.path} --report`", "",
+        f"- rebuild: `wsiseg study {study.path} --out {study.out} --report`", "",
         "## Scores: mean over runs [95 % interval]", "",
         "| experiment | runs | " + " | ".join(keys) + " |",
         "|---|---:|" + "---|" * len(keys),

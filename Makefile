@@ -67,7 +67,7 @@ STUDY ?= dmmn
 .PHONY: study
 study: install ## run experiments/studies/STUDY.yaml (experiments x seeds; skips finished runs, resumes killed ones), then its report; ARGS (e.g. --report)
 	@test -f experiments/studies/$(STUDY).yaml || { echo "no study experiments/studies/$(STUDY).yaml; choose one of:"; ls experiments/studies/*.yaml | xargs -n1 basename | sed 's/.yaml$$//;s/^/  /'; exit 2; }
-	@$(if $(filter tiger,$(STUDY)),true,$(MAKE) --no-print-directory data)
+	@$(if $(filter tiger tiger_power,$(STUDY)),true,$(MAKE) --no-print-directory data)
 	$(VENV)/bin/wsiseg study experiments/studies/$(STUDY).yaml $(ARGS)
 
 RUNS ?= runs

@@ -180,7 +180,9 @@ def test_seeds_to_decide_separates_the_part_seeds_cannot_shrink():
     assert seeds_to_decide(Estimate(0.002, -0.038, 0.042), tight, 3, ">=", 0.01) == 40
 
 
-@pytest.mark.parametrize("name", ["dmmn", "da_refinenet", "razn", "tiger", "tiger_power", "da_refinenet_long"])
+@pytest.mark.parametrize(
+    "name", ["dmmn", "da_refinenet", "razn", "tiger", "tiger_power", "da_refinenet_long"]
+)
 def test_shipped_studies_load_with_three_seeds_fixed_epochs_and_claims(name):
     from lightning_modules.cli.study.plan import load_study
 
